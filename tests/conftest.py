@@ -1,0 +1,36 @@
+"""Shared test fixtures: where the real data and the real encoder live, skipping when absent."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("LAIR_SHARED", REPO.parent / "shared"))
+SHARED_DATA = SHARED / "data"
+E5_TOOL = SHARED / "tools" / "e5_small_checkpoint.py"
+E5_CACHE = pathlib.Path(os.environ.get(
+    "LAIR_E5_DIR", pathlib.Path.home() / ".cache" / "lair" / "multilingual-e5-small"))
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  """Path to ../shared/data; skips the test when it is not there."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"real data not found at {SHARED_DATA}")
+  return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def e5_small_dir():
+  """A multilingual-e5-small HF directory, built once by the shared tool and cached."""
+  if (E5_CACHE / "model.safetensors").exists():
+    return E5_CACHE
+  if not E5_TOOL.exists():
+    pytest.skip(f"{E5_TOOL} not found: cannot build multilingual-e5-small")
+  proc = subprocess.run([sys.executable, str(E5_TOOL), str(E5_CACHE)],
+                        capture_output=True, text=True)
+  if proc.returncode != 0 or not (E5_CACHE / "model.safetensors").exists():
+    pytest.skip("could not build multilingual-e5-small: " + proc.stderr[-500:])
+  return E5_CACHE
