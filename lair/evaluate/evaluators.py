@@ -1,0 +1,235 @@
+"""Evaluation sets: LAReQA (XQuAD-R / MLQA-R), Tatoeba bitext retrieval, BEIR.
+
+Each entry of `config.eval.sets` is a dict:
+
+  name        key prefix of the metrics ("xquad-r" -> "xquad-r/map@20/mean").
+  kind        "lareqa" | "tatoeba" | "beir".
+  paths       list of paths:
+                lareqa:  one SQuAD-style JSON per language with `sentence_breaks` (en.json, de.json,
+                         ...; the language is the file name's stem).
+                tatoeba: line-aligned pairs, as prefixes "DIR/tatoeba.xxx-eng" (files PREFIX.xxx
+                         and PREFIX.eng) or "xxx:PATH,eng:PATH".
+                beir:    BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), one per
+                         language or subset; the folder's name names it.
+  languages   optional list: keep only these language codes (file stems / pair sources).
+  max_questions  optional int (lareqa): keep the first N question ids of the first file, in every
+                 language; the pool shrinks to the paragraphs those questions come from (a slice
+                 for quick checks). 0: all. For beir: the first N queries that have qrels.
+  max_pairs   optional int (tatoeba): the first N pairs of each language. 0: all.
+  metrics     optional list overriding the defaults below (names like "ndcg@10").
+  split       optional (beir): the qrels split, default "test".
+  max_len     optional int: token cut-off for this set (default: config.data.max_query_len for
+              queries and sentences, max_passage_len for passages).
+
+Metrics come back flat: "{name}/{metric}/{group}" per language (or BEIR folder) and
+"{name}/{metric}/mean", the unweighted mean over groups.
+"""
+import collections
+import dataclasses
+import os
+from typing import Callable, Dict, List, Mapping, Sequence
+
+import numpy as np
+
+from lair.data import readers
+from lair.evaluate import metrics as metrics_lib
+
+DEFAULT_METRICS = {
+    "lareqa": ("map@20", "mrr@20", "recall@20"),
+    "tatoeba": ("acc_x2y", "acc_y2x", "acc"),
+    "beir": ("ndcg@10", "mrr@10", "recall@100"),
+}
+KINDS = tuple(DEFAULT_METRICS)
+
+Encoder = Callable[[Sequence[str]], np.ndarray]  # texts -> [N, D]
+Searcher = Callable[[np.ndarray, np.ndarray, int], tuple]  # (queries, db, k) -> (scores, ids)
+
+
+@dataclasses.dataclass
+class Encoders:
+  """How one set's texts become vectors: queries, passages, and bitext sentences."""
+  query: Encoder
+  passage: Encoder
+  sentence: Encoder  # Tatoeba: both sides use the query tower and prefix.
+
+
+def check_set(spec: Mapping) -> None:
+  """Raises naming the config.eval.sets entry and the field at fault."""
+  name = spec.get("name", "?")
+  for key in ("name", "kind", "paths"):
+    if not spec.get(key):
+      raise ValueError(f"config.eval.sets entry {name!r}: missing {key!r} "
+                       "(expected {name, kind, paths, ...})")
+  if spec["kind"] not in KINDS:
+    raise ValueError(f"config.eval.sets entry {name!r}: kind={spec['kind']!r}, expected one of "
+                     f"{KINDS}")
+  if isinstance(spec["paths"], str):
+    raise ValueError(f"config.eval.sets entry {name!r}: paths must be a list of paths, got "
+                     f"the string {spec['paths']!r}")
+
+
+# ----------------------------------------------------------------------------
+# LAReQA.
+
+
+@dataclasses.dataclass
+class LareqaPool:
+  """Questions of every language against the pool of every language's sentences.
+
+  `relevant[i]` holds the pool indices of question i's answer sentence in every language
+  (LAReQA: the same question id answered in each language of the pool).
+  """
+  questions: List[str]
+  question_langs: List[str]
+  sentences: List[str]
+  sentence_langs: List[str]
+  relevant: List[Dict[int, int]]
+
+
+def _languages_of(spec: Mapping, codes: Sequence[str]) -> List[str]:
+  wanted = spec.get("languages") or codes
+  missing = sorted(set(wanted) - set(codes))
+  if missing:
+    raise ValueError(f"config.eval.sets entry {spec['name']!r}: languages {missing} are not in "
+                     f"its paths (which give {list(codes)})")
+  return [c for c in codes if c in wanted]
+
+
+def build_lareqa_pool(sets: Sequence[readers.LareqaSet], max_questions: int = 0) -> LareqaPool:
+  """Pools the languages of `sets` (one `readers.read_lareqa` result per language)."""
+  keep_ids = None
+  if max_questions:
+    keep_ids = set(sets[0].question_ids[:max_questions])
+  pool = LareqaPool([], [], [], [], [])
+  answers_by_id = collections.defaultdict(dict)  # question id -> {pool index: 1}
+  question_ids = []
+  for lareqa in sets:
+    keep_contexts = None
+    if keep_ids is not None:
+      keep_contexts = {lareqa.sentence_context[a]
+                       for qid, a in zip(lareqa.question_ids, lareqa.answer) if qid in keep_ids}
+    pool_index = {}  # This language's sentence index -> pool index.
+    for i, (text, context) in enumerate(zip(lareqa.sentences, lareqa.sentence_context)):
+      if keep_contexts is None or context in keep_contexts:
+        pool_index[i] = len(pool.sentences)
+        pool.sentences.append(text)
+        pool.sentence_langs.append(lareqa.language)
+    for qid, question, answer in zip(lareqa.question_ids, lareqa.questions, lareqa.answer):
+      if keep_ids is not None and qid not in keep_ids:
+        continue
+      answers_by_id[qid][pool_index[answer]] = 1
+      question_ids.append(qid)
+      pool.questions.append(question)
+      pool.question_langs.append(lareqa.language)
+  pool.relevant = [answers_by_id[qid] for qid in question_ids]
+  return pool
+
+
+def load_lareqa(spec: Mapping) -> LareqaPool:
+  """The pool of a `kind: lareqa` set (see the module docstring for the fields)."""
+  by_lang = {}
+  for path in spec["paths"]:
+    lareqa = readers.read_lareqa(path, log=readers.SkipLog())
+    by_lang[lareqa.language] = lareqa
+  langs = _languages_of(spec, list(by_lang))
+  return build_lareqa_pool([by_lang[c] for c in langs], int(spec.get("max_questions", 0) or 0))
+
+
+def _grouped_means(per_query: Mapping[str, np.ndarray], groups: Sequence[str],
+                   name: str) -> Dict[str, float]:
+  """{"{name}/{metric}/{group}", "{name}/{metric}/mean"} from per-query vectors."""
+  groups = np.asarray(groups)
+  out = {}
+  for metric, values in per_query.items():
+    per_group = {g: float(values[groups == g].mean()) for g in dict.fromkeys(groups.tolist())}
+    out.update({f"{name}/{metric}/{g}": v for g, v in per_group.items()})
+    out[f"{name}/{metric}/mean"] = float(np.mean(list(per_group.values())))
+  return out
+
+
+def _metric_names(spec: Mapping) -> List[str]:
+  return list(spec.get("metrics") or DEFAULT_METRICS[spec["kind"]])
+
+
+def _depth(names: Sequence[str], top_k: int) -> int:
+  """Neighbours to retrieve: config.eval.top_k, or more when a metric asks for more."""
+  return max([top_k] + [int(n.partition("@")[2]) for n in names if "@" in n])
+
+
+def evaluate_lareqa(spec: Mapping, encoders: Encoders, searcher: Searcher,
+                    top_k: int) -> Dict[str, float]:
+  """Every question against every sentence of every language; means per question language."""
+  pool = load_lareqa(spec)
+  names = _metric_names(spec)
+  q = encoders.query(pool.questions)
+  db = encoders.passage(pool.sentences)
+  _, ranked = searcher(q, db, _depth(names, top_k))
+  per_query = metrics_lib.ranking_metrics(ranked, pool.relevant, names)
+  return _grouped_means(per_query, pool.question_langs, spec["name"])
+
+
+# ----------------------------------------------------------------------------
+# Tatoeba.
+
+
+def load_tatoeba(spec: Mapping) -> Dict[str, tuple]:
+  """{language: (x sentences, y sentences)}, line i of x translating line i of y."""
+  pairs = {}
+  for path in spec["paths"]:
+    (x_code, x_path), (_, y_path) = readers.parse_aligned_spec(path)
+    x, y = readers.read_tatoeba(x_path, y_path, log=readers.SkipLog())
+    max_pairs = int(spec.get("max_pairs", 0) or 0)
+    pairs[x_code] = (x[:max_pairs], y[:max_pairs]) if max_pairs else (x, y)
+  return {c: pairs[c] for c in _languages_of(spec, list(pairs))}
+
+
+def evaluate_tatoeba(spec: Mapping, encoders: Encoders, searcher: Searcher,
+                     top_k: int) -> Dict[str, float]:
+  """Top-1 accuracy x->y and y->x per language, and their mean ("acc")."""
+  del top_k  # Accuracy needs the nearest neighbour only.
+  per_lang = collections.defaultdict(dict)
+  for lang, (x, y) in load_tatoeba(spec).items():
+    x_emb, y_emb = encoders.sentence(x), encoders.sentence(y)
+    expected = np.arange(len(x))
+    x2y = metrics_lib.top1_accuracy(searcher(x_emb, y_emb, 1)[1][:, 0], expected)
+    y2x = metrics_lib.top1_accuracy(searcher(y_emb, x_emb, 1)[1][:, 0], expected)
+    per_lang["acc_x2y"][lang], per_lang["acc_y2x"][lang] = x2y, y2x
+    per_lang["acc"][lang] = (x2y + y2x) / 2
+  out = {}
+  for metric in _metric_names(spec):
+    if metric not in per_lang:
+      raise ValueError(f"config.eval.sets entry {spec['name']!r}: metric {metric!r} is not a "
+                       f"tatoeba metric; expected some of {DEFAULT_METRICS['tatoeba']}")
+    out.update({f"{spec['name']}/{metric}/{l}": v for l, v in per_lang[metric].items()})
+    out[f"{spec['name']}/{metric}/mean"] = float(np.mean(list(per_lang[metric].values())))
+  return out
+
+
+# ----------------------------------------------------------------------------
+# BEIR.
+
+
+def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
+                  top_k: int) -> Dict[str, float]:
+  """Each folder's queries against its own corpus; groups are the folder names."""
+  names = _metric_names(spec)
+  per_query, groups = collections.defaultdict(list), []
+  for folder in spec["paths"]:
+    beir = readers.read_beir(folder, split=spec.get("split", "test"), log=readers.SkipLog())
+    doc_ids = list(beir.corpus)
+    doc_index = {d: i for i, d in enumerate(doc_ids)}
+    query_ids = list(beir.qrels)
+    if spec.get("max_questions"):
+      query_ids = query_ids[:int(spec["max_questions"])]
+    qrels = [{doc_index[d]: g for d, g in beir.qrels[qid].items()} for qid in query_ids]
+    q = encoders.query([beir.queries[qid] for qid in query_ids])
+    db = encoders.passage([readers.beir_passage(beir.corpus[d]) for d in doc_ids])
+    _, ranked = searcher(q, db, _depth(names, top_k))
+    for metric, values in metrics_lib.ranking_metrics(ranked, qrels, names).items():
+      per_query[metric].append(values)
+    groups += [os.path.basename(os.path.normpath(folder))] * len(query_ids)
+  return _grouped_means({m: np.concatenate(v) for m, v in per_query.items()}, groups,
+                        spec["name"])
+
+
+EVALUATORS = {"lareqa": evaluate_lareqa, "tatoeba": evaluate_tatoeba, "beir": evaluate_beir}

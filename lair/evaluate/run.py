@@ -1,0 +1,90 @@
+"""`run_evaluations`: every set of `config.eval.sets`, a table on stdout, JSON in the workdir."""
+import functools
+import json
+import os
+import time
+from typing import Dict, Mapping, Optional
+
+from absl import logging
+import jax
+import ml_collections
+
+from lair.evaluate import encode
+from lair.evaluate import evaluators
+from lair.evaluate import search
+
+
+def make_encoders(config: ml_collections.ConfigDict, params, rcfg, tokenizer,
+                  spec: Mapping) -> evaluators.Encoders:
+  """The query / passage / bitext encoders of one set, with the model's prefixes and lengths."""
+  make = functools.partial(encode.make_text_encoder, params, rcfg, tokenizer,
+                           batch_size=config.eval.batch_size,
+                           buckets=tuple(config.data.length_buckets))
+  query_len = int(spec.get("max_len") or config.data.max_query_len)
+  passage_len = int(spec.get("max_len") or config.data.max_passage_len)
+  sentence_len = int(spec.get("max_len") or config.data.max_sentence_len)
+  return evaluators.Encoders(
+      query=make(max_len=query_len, prefix=config.model.query_prefix, tower="query"),
+      passage=make(max_len=passage_len, prefix=config.model.passage_prefix, tower="passage"),
+      # Bitext: both sides are sentences of the same kind, so both take the query side.
+      sentence=make(max_len=sentence_len, prefix=config.model.query_prefix, tower="query"))
+
+
+def make_searcher(config: ml_collections.ConfigDict) -> evaluators.Searcher:
+  """(queries [Q, D], db [N, D], k) -> (scores, ids) by config.eval.search."""
+  return functools.partial(search.search, method=config.eval.search,
+                           exact_below=config.eval.exact_below,
+                           scann_config=config.eval.scann)
+
+
+def format_table(results: Mapping[str, float]) -> str:
+  """One block per set: rows are metrics, columns the groups (languages) then "mean"."""
+  blocks = {}  # set -> metric -> group -> value, in first-seen order.
+  for key, value in results.items():
+    set_name, metric, group = key.rsplit("/", 2)
+    blocks.setdefault(set_name, {}).setdefault(metric, {})[group] = value
+  lines = []
+  for set_name, rows in blocks.items():
+    groups = [g for g in dict.fromkeys(g for r in rows.values() for g in r) if g != "mean"]
+    columns = groups + ["mean"]
+    width = max([len(set_name)] + [len(m) + 2 for m in rows])
+    lines.append(f"{set_name:<{width}}" + "".join(f"{c:>9}" for c in columns))
+    for metric, values in rows.items():
+      cells = "".join(f"{values[c]:9.4f}" if c in values else " " * 9 for c in columns)
+      lines.append(f"  {metric:<{width - 2}}{cells}")
+  return "\n".join(lines)
+
+
+def results_path(workdir: str, step: Optional[int]) -> str:
+  """workdir/eval/step_N.json, or workdir/eval/eval.json without a step."""
+  name = "eval.json" if step is None else f"step_{int(step)}.json"
+  return os.path.join(workdir, "eval", name)
+
+
+def run_evaluations(config: ml_collections.ConfigDict, params, rcfg, tokenizer, *,
+                    workdir: Optional[str], step: Optional[int] = None) -> Dict[str, float]:
+  """Scores `params` on every `config.eval.sets` entry.
+
+  Returns flat metrics ("xquad-r/map@20/de", "xquad-r/map@20/mean", ...), prints them as a
+  table and (on process 0, when `workdir` is set) writes them to `results_path(workdir, step)`.
+  """
+  searcher = make_searcher(config)
+  results = {}
+  for spec in config.eval.sets:
+    spec = dict(spec)
+    evaluators.check_set(spec)
+    start = time.time()
+    encoders = make_encoders(config, params, rcfg, tokenizer, spec)
+    scores = evaluators.EVALUATORS[spec["kind"]](spec, encoders, searcher, config.eval.top_k)
+    logging.info("eval set %s (%s) took %.1fs", spec["name"], spec["kind"], time.time() - start)
+    results.update(scores)
+  if jax.process_index() == 0 and results:
+    print(f"evaluation at step {step}:" if step is not None else "evaluation:")
+    print(format_table(results), flush=True)
+    if workdir:
+      path = results_path(workdir, step)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w", encoding="utf-8") as f:
+        json.dump({"step": step, "metrics": results}, f, indent=1, sort_keys=True)
+      logging.info("wrote %s", path)
+  return results

@@ -1,0 +1,110 @@
+"""Maximum inner product search: exact (JAX matmul + top-k) or ScaNN, top-k per query.
+
+Both paths return `(scores [Q, k] float32, ids [Q, k] int64)`, best first. Embeddings are L2
+normalised by the retriever, so the inner product is the cosine.
+"""
+import functools
+import math
+from typing import Optional, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+_EXACT_CHUNK = 256  # Queries per exact-search call: a fixed shape, so it compiles once per pool.
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _top_k_inner_product(queries: jax.Array, db: jax.Array, *, k: int):
+  """`queries [C, D]`, `db [N, D]` -> top-k `(scores [C, k], ids [C, k])`."""
+  scores = jnp.dot(queries, db.T, precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.top_k(scores, k)
+
+
+def exact_search(queries: np.ndarray, db: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Brute-force top-k by inner product.
+
+  Args:
+    queries: `[Q, D]` float.
+    db: `[N, D]` float, the candidate pool.
+    k: neighbours per query; clipped to N.
+
+  Returns:
+    `(scores [Q, k'], ids [Q, k'])` with k' = min(k, N), best first.
+  """
+  queries, db = np.asarray(queries, np.float32), np.asarray(db, np.float32)
+  k = min(k, db.shape[0])
+  db_device = jnp.asarray(db)
+  scores, ids = [], []
+  for start in range(0, queries.shape[0], _EXACT_CHUNK):
+    chunk = queries[start:start + _EXACT_CHUNK]
+    padded = np.zeros((_EXACT_CHUNK, queries.shape[1]), np.float32)
+    padded[:len(chunk)] = chunk
+    s, i = _top_k_inner_product(jnp.asarray(padded), db_device, k=k)
+    scores.append(np.asarray(s)[:len(chunk)])
+    ids.append(np.asarray(i)[:len(chunk)])
+  if not scores:
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  return np.concatenate(scores), np.concatenate(ids).astype(np.int64)
+
+
+def scann_settings(num_candidates: int, k: int,
+                   cfg: Optional[ml_collections.ConfigDict] = None) -> dict:
+  """ScaNN settings from `config.eval.scann`, with 0 meaning "scale to the pool".
+
+  num_leaves ~ sqrt(N); num_leaves_to_search a tenth of them (at least 8); the tree is trained
+  on the whole pool up to 100k points; exact re-ranking of max(reorder, k) AH candidates.
+  """
+  cfg = cfg or ml_collections.ConfigDict()
+  n = num_candidates
+  num_leaves = int(cfg.get("num_leaves", 0)) or max(1, int(round(math.sqrt(n))))
+  num_leaves = min(num_leaves, n)
+  to_search = int(cfg.get("num_leaves_to_search", 0)) or max(8, num_leaves // 10)
+  sample = int(cfg.get("training_sample_size", 0)) or min(n, 100_000)
+  return dict(
+      num_leaves=num_leaves,
+      num_leaves_to_search=min(to_search, num_leaves),
+      training_sample_size=max(min(sample, n), num_leaves),
+      dimensions_per_block=int(cfg.get("dimensions_per_block", 2)),
+      anisotropic_quantization_threshold=float(
+          cfg.get("anisotropic_quantization_threshold", 0.2)),
+      reorder=max(int(cfg.get("reorder", 100)), k))
+
+
+def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
+                 cfg: Optional[ml_collections.ConfigDict] = None
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+  """Approximate top-k: ScaNN tree + asymmetric hashing + exact re-ranking.
+
+  Args, returns: as `exact_search`; `cfg` is `config.eval.scann`.
+  """
+  from scann import scann_ops_pybind  # Imported here: only this path needs it.
+  queries, db = np.asarray(queries, np.float32), np.asarray(db, np.float32)
+  k = min(k, db.shape[0])
+  s = scann_settings(db.shape[0], k, cfg)
+  logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
+  searcher = (
+      scann_ops_pybind.builder(db, k, "dot_product")
+      .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
+            training_sample_size=s["training_sample_size"])
+      .score_ah(s["dimensions_per_block"],
+                anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
+      .reorder(s["reorder"])
+      .build())
+  ids, scores = searcher.search_batched(queries, final_num_neighbors=k)
+  return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
+
+def search(queries: np.ndarray, db: np.ndarray, k: int, *, method: str = "auto",
+           exact_below: int = 20000, scann_config: Optional[ml_collections.ConfigDict] = None
+           ) -> Tuple[np.ndarray, np.ndarray]:
+  """Top-k by `method` ("exact", "scann", or "auto": exact for pools under `exact_below`)."""
+  if method == "auto":
+    method = "exact" if db.shape[0] < exact_below else "scann"
+  if method == "exact":
+    return exact_search(queries, db, k)
+  if method == "scann":
+    return scann_search(queries, db, k, scann_config)
+  raise ValueError(f"config.eval.search must be 'auto', 'exact' or 'scann', got {method!r}")
