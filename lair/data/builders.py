@@ -1,0 +1,249 @@
+"""tensorflow-datasets builders that write each training stream as array_record.
+
+No TensorFlow is needed: tfds 4.9 writes `array_record` files with its own
+serializer (`file_format="array_record"`) and reads them back with
+`builder.as_data_source()`, a random-access `ArrayRecordDataSource` whose items
+are dicts of numpy values (text features come back as UTF-8 `bytes`). What must
+be avoided is `tf.data` (`as_dataset`) and `dataset_info_from_configs`, which
+looks for package metadata: `_RowsBuilder._info` builds `tfds.core.DatasetInfo`
+directly.
+
+One builder per stream, fed by the readers in `lair/data/readers.py`:
+
+* `build_ir(config, cache_dir)`: `{"query", "passage", "negatives"?}` from
+  config.data.ir (SQuAD JSON, triples TSV or BEIR folders).
+* `build_parallel(config, cache_dir)`: `{"src", "tgt", "src_lang", "tgt_lang"}`
+  from config.data.parallel (`source eng xxx` TSVs or aligned file pairs).
+* `build_mono(config, cache_dir)`: `{"text", "lang"}` from config.data.mono.
+
+Each returns a `BuiltStream`: the data source, the row and skip counts, and where
+it lives. Builds are cached under `cache_dir/<stream>-<key>/`, where the key hashes
+the input files' paths, sizes and mtimes, the options that change the rows, and
+`FORMAT_VERSION`; the same inputs reuse the files (and the counts saved beside them).
+"""
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Callable, Iterable, Iterator
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lair.data import readers
+
+# Bump when the readers or the features change what a build writes.
+FORMAT_VERSION = 1
+_STATS_FILE = "lair_stats.json"
+
+
+class _RowsBuilder(tfds.core.GeneratorBasedBuilder):
+  """Writes the rows of `rows_fn()` in order, as one "train" split of array_record."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  # tfds finds a builder's own folder (for checksums) through `importlib_resources`,
+  # which is not installed (tfds imports it lazily); local inputs need no checksums.
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(__file__)
+
+  def __init__(self, *, features: tfds.features.FeaturesDict,
+               rows_fn: Callable[[], Iterable[dict]], data_dir: str):
+    self._features = features
+    self._rows_fn = rows_fn
+    super().__init__(data_dir=data_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # Keep the readers' order: the pipeline shuffles with its own seeded permutation.
+    return tfds.core.DatasetInfo(builder=self, features=self._features,
+                                 disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Inputs are local files.
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self) -> Iterator[tuple[int, dict]]:
+    for index, row in enumerate(self._rows_fn()):
+      yield index, row
+
+
+@dataclasses.dataclass
+class BuiltStream:
+  """A stream's array_record rows and how they were made."""
+  name: str  # "ir" | "parallel" | "mono"
+  source: "tfds.data_sources.ArrayRecordDataSource"  # len(), [i], __getitems__([i, ...])
+  # SkipLog.as_dict() of the build: rows (written), skipped per reason, per file (rows
+  # read); plus "capped", the rows read but left out by max_pairs_per_language.
+  stats: dict
+  data_dir: str
+
+
+def input_files(paths: Iterable[str]) -> list[str]:
+  """The files behind config paths: a folder (BEIR) stands for the files under it."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      files.extend(os.path.join(root, f) for root, _, names in sorted(os.walk(path))
+                   for f in sorted(names))
+    else:
+      files.append(path)
+  return files
+
+
+def cache_key(name: str, files: Iterable[str], options: dict) -> str:
+  """Hex digest of the stream name, each file's (path, size, mtime) and the options."""
+  described = []
+  for f in files:
+    if not os.path.exists(f):
+      raise readers.DataError(f"{f}: input file not found (stream {name!r})")
+    st = os.stat(f)
+    described.append([os.path.abspath(f), st.st_size, st.st_mtime_ns])
+  blob = json.dumps({"name": name, "files": described, "options": options,
+                     "format": FORMAT_VERSION}, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_rows(name: str, features: tfds.features.FeaturesDict,
+               rows_fn: Callable[[readers.SkipLog], Iterable[dict]], *,
+               files: list[str], options: dict, cache_dir: str, strict: bool) -> BuiltStream:
+  """Builds (or reuses) the array_record files of `rows_fn(log)` under `cache_dir`.
+
+  Raises `DataError` when the stream has no usable row at all.
+  """
+  data_dir = os.path.join(cache_dir, f"{name}-{cache_key(name, files, dict(options, strict=strict))}")
+  stats_path = os.path.join(data_dir, _STATS_FILE)
+  log = readers.SkipLog(strict=strict)
+
+  written = [0]
+
+  def counted_rows():
+    for row in rows_fn(log):
+      written[0] += 1
+      yield row
+    # Checked here, before tfds finalizes (it fails on an empty split with less to say).
+    if not sum(log.kept.values()):
+      raise readers.DataError(f"stream {name!r}: no usable rows in {files} "
+                              f"(skipped: {log.total_skipped()})")
+
+  builder = _RowsBuilder(features=features, rows_fn=counted_rows, data_dir=data_dir)
+  if os.path.exists(stats_path) and builder.is_prepared():
+    with open(stats_path) as f:
+      stats = json.load(f)
+    logging.info("stream %s: reusing %d rows in %s", name, stats["rows"], data_dir)
+  else:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    stats = log.as_dict()
+    if written[0] != stats["rows"]:  # Rows read but left out on purpose (a cap), logged there.
+      stats["capped"] = stats["rows"] - written[0]
+      stats["rows"] = written[0]
+    with open(stats_path + ".tmp", "w") as f:
+      json.dump(stats, f, indent=1)
+    os.replace(stats_path + ".tmp", stats_path)
+  logging.info("stream %s: %d rows, skipped %s", name, stats["rows"], stats["skipped"] or 0)
+  source = builder.as_data_source()["train"]
+  if len(source) != stats["rows"]:
+    raise readers.DataError(f"{data_dir}: holds {len(source)} rows but its build counted "
+                            f"{stats['rows']}; delete the folder to rebuild")
+  return BuiltStream(name=name, source=source, stats=stats, data_dir=data_dir)
+
+
+def _text():
+  return tfds.features.Text()
+
+
+def build_ir(config, cache_dir: str) -> BuiltStream:
+  """IR rows from config.data.ir: `{"query", "passage"}` (+ `"negatives"` [K] when K > 0)."""
+  ir = config.data.ir
+  k = int(ir.num_negatives)
+  if not ir.paths:
+    raise readers.DataError("config.data.ir.paths is empty but config.loss.ir_weight > 0")
+  if k and ir.format != "triples":
+    raise readers.DataError(f"config.data.ir.num_negatives={k} needs "
+                            f"config.data.ir.format='triples', not {ir.format!r}")
+  read = {
+      "squad": lambda p, log: readers.read_squad(p, target=ir.squad_target, log=log),
+      "triples": lambda p, log: readers.read_triples(p, num_negatives=k, log=log),
+      "beir": lambda p, log: readers.read_beir_pairs(p, split="train", log=log),
+  }.get(ir.format)
+  if read is None:
+    raise readers.DataError(f"config.data.ir.format={ir.format!r}: expected "
+                            "'squad', 'triples' or 'beir'")
+  spec = {"query": _text(), "passage": _text()}
+  if k:
+    spec["negatives"] = tfds.features.Sequence(_text(), length=k)
+
+  def rows(log):
+    for path in ir.paths:
+      for row in read(path, log):
+        if not k:
+          row = {"query": row["query"], "passage": row["passage"]}
+        yield row
+
+  options = {"format": ir.format, "squad_target": ir.squad_target, "num_negatives": k}
+  return build_rows("ir", tfds.features.FeaturesDict(spec), rows,
+                    files=input_files(ir.paths), options=options,
+                    cache_dir=cache_dir, strict=config.data.strict)
+
+
+def _cap_per_language(rows: Iterable[dict], cap: int) -> Iterator[dict]:
+  """At most `cap` rows per (src_lang, tgt_lang): a seeded uniform sample in file order."""
+  by_pair = {}
+  for row in rows:
+    by_pair.setdefault((row["src_lang"], row["tgt_lang"]), []).append(row)
+  for pair, pair_rows in by_pair.items():
+    if len(pair_rows) > cap:
+      logging.info("parallel %s: keeping %d of %d pairs (max_pairs_per_language)",
+                   pair, cap, len(pair_rows))
+      keep = np.sort(np.random.default_rng(list(pair)).choice(len(pair_rows), cap, replace=False))
+      pair_rows = [pair_rows[i] for i in keep]
+    yield from pair_rows
+
+
+def build_parallel(config, cache_dir: str) -> BuiltStream:
+  """Parallel rows from config.data.parallel: `{"src", "tgt", "src_lang", "tgt_lang"}`."""
+  par = config.data.parallel
+  languages = list(config.data.languages)
+  if not par.paths:
+    raise readers.DataError("config.data.parallel.paths is empty but a loss that needs "
+                            "parallel pairs has weight > 0")
+  if par.format == "tsv":
+    files = input_files(par.paths)
+    read = lambda p, log: readers.read_parallel_tsv(p, languages=languages, log=log)
+  elif par.format == "aligned":
+    files = [f for spec in par.paths for _, f in readers.parse_aligned_spec(spec)]
+    read = lambda p, log: readers.read_aligned(p, languages=languages, log=log)
+  else:
+    raise readers.DataError(f"config.data.parallel.format={par.format!r}: expected "
+                            "'tsv' or 'aligned'")
+
+  def rows(log):
+    all_rows = (row for path in par.paths for row in read(path, log))
+    if par.max_pairs_per_language:
+      all_rows = _cap_per_language(all_rows, int(par.max_pairs_per_language))
+    yield from all_rows
+
+  features = tfds.features.FeaturesDict({
+      "src": _text(), "tgt": _text(), "src_lang": np.int32, "tgt_lang": np.int32})
+  options = {"format": par.format, "languages": languages,
+             "max_pairs_per_language": int(par.max_pairs_per_language)}
+  return build_rows("parallel", features, rows, files=files, options=options,
+                    cache_dir=cache_dir, strict=config.data.strict)
+
+
+def build_mono(config, cache_dir: str) -> BuiltStream:
+  """Monolingual rows from config.data.mono ("xxx:PATH" entries): `{"text", "lang"}`."""
+  languages = list(config.data.languages)
+  specs = list(config.data.mono.paths)
+  files = [readers.parse_mono_spec(s)[1] for s in specs]
+
+  def rows(log):
+    for spec in specs:
+      yield from readers.read_mono(spec, languages=languages, log=log)
+
+  features = tfds.features.FeaturesDict({"text": _text(), "lang": np.int32})
+  return build_rows("mono", features, rows, files=files, options={"languages": languages},
+                    cache_dir=cache_dir, strict=config.data.strict)

@@ -1,0 +1,599 @@
+"""Readers for lair's file formats: plain Python rows, with every bad row counted.
+
+Training readers yield dict rows, one per usable example:
+
+* IR: `{"query": str, "passage": str, "negatives": [str] * K}` from SQuAD JSON
+  (`read_squad`), MS MARCO-style triples TSV (`read_triples`) and BEIR folders
+  (`read_beir_pairs`).
+* Parallel: `{"src": str, "tgt": str, "src_lang": int, "tgt_lang": int}` from a
+  `source eng xxx` TSV (`read_parallel_tsv`) or a line-aligned file pair
+  (`read_aligned`). Language ids index the `languages` list (config.data.languages).
+* Monolingual: `{"text": str, "lang": int}` from one sentence per line (`read_mono`).
+
+Evaluation readers return whole sets: `read_lareqa` (XQuAD-R / LAReQA JSON),
+`read_tatoeba` (a line-aligned pair) and `read_beir` (corpus, queries, qrels).
+
+Bad input (a malformed line, a missing column, an empty text, an unknown language
+code, a SQuAD answer that is not in its context) goes through a `SkipLog`: it is
+counted per file and reason and logged with a warning naming `file:line`
+(for JSON: `file:data[i].paragraphs[j].qas[k]`), or raised as `DataError` when
+the log is strict. A file that yields no usable row is always a `DataError`.
+"""
+import collections
+import dataclasses
+import json
+import os
+import re
+from typing import Iterator, Sequence
+
+from absl import logging
+
+# Reasons a row is skipped (keys of the counts that readers report).
+MALFORMED = "malformed"
+MISSING_COLUMN = "missing_column"
+EMPTY_TEXT = "empty_text"
+UNKNOWN_LANGUAGE = "unknown_language"
+ANSWER_NOT_IN_CONTEXT = "answer_not_in_context"
+UNKNOWN_ID = "unknown_id"  # BEIR qrels naming a query or document that is not there.
+
+# Only this many warnings per (file, reason) are logged one by one; the rest are counted.
+_MAX_WARNINGS_PER_REASON = 20
+
+
+class DataError(ValueError):
+  """An input file that cannot be used (or a bad row, in strict mode)."""
+
+
+class SkipLog:
+  """Counts the rows kept and skipped, per file and per reason.
+
+  `skip()` logs a warning naming the file and line (only the first
+  `_MAX_WARNINGS_PER_REASON` per file and reason; all are counted), or raises
+  `DataError` when `strict`. `end_file()` raises when a file gave no usable row.
+  """
+
+  def __init__(self, strict: bool = False):
+    self.strict = strict
+    self.kept = collections.Counter()  # file -> rows kept
+    self.skipped = collections.defaultdict(collections.Counter)  # file -> reason -> n
+
+  def keep(self, path: str, n: int = 1) -> None:
+    self.kept[str(path)] += n
+
+  def skip(self, path: str, where, reason: str, detail: str = "") -> None:
+    """Counts one skipped row at `path:where` (a line number or a JSON location)."""
+    path = str(path)
+    message = f"{path}:{where}: {reason}" + (f" ({detail})" if detail else "")
+    if self.strict:
+      raise DataError(message + " [config.data.strict=True]")
+    self.skipped[path][reason] += 1
+    count = self.skipped[path][reason]
+    if count <= _MAX_WARNINGS_PER_REASON:
+      logging.warning("skipping %s", message)
+    if count == _MAX_WARNINGS_PER_REASON:
+      logging.warning("%s: further '%s' skips are counted, not logged", path, reason)
+
+  def end_file(self, path: str, what: str = "row") -> None:
+    """Logs the file's counts; raises when it gave no usable row."""
+    path = str(path)
+    skipped = dict(self.skipped.get(path, {}))
+    logging.info("%s: %d %ss kept, skipped %s", path, self.kept[path], what, skipped or 0)
+    if self.kept[path] == 0:
+      raise DataError(f"{path}: no usable {what} (skipped: {skipped or 'none'})")
+
+  def total_skipped(self) -> dict[str, int]:
+    total = collections.Counter()
+    for counts in self.skipped.values():
+      total.update(counts)
+    return dict(total)
+
+  def as_dict(self) -> dict:
+    """JSON-able counts: {"rows", "skipped": {reason: n}, "files": {path: {...}}}."""
+    files = sorted(set(self.kept) | set(self.skipped))
+    return {
+        "rows": sum(self.kept.values()),
+        "skipped": self.total_skipped(),
+        "files": {f: {"rows": self.kept[f], "skipped": dict(self.skipped.get(f, {}))}
+                  for f in files},
+    }
+
+
+def _log_or_default(log):
+  return log if log is not None else SkipLog()
+
+
+def language_id(code: str, languages: Sequence[str]) -> int | None:
+  """Index of ISO 639-3 `code` in `languages` (config.data.languages), or None."""
+  try:
+    return list(languages).index(code)
+  except ValueError:
+    return None
+
+
+# ----------------------------------------------------------------------------
+# Sentence splitting (for SQuAD's "answer sentence" target).
+
+# A sentence ends at `.`, `!`, `?` or `…` (and any closing quotes or brackets right
+# after it) followed by whitespace and then a character that is not a lowercase
+# letter (`str.islower`, so any script with case); or right after CJK `。！？`
+# (which need no space). The rule keeps "e.g. this" and "3.5" together; it splits
+# "U.S. Army" wrongly, which is why an answer that straddles two sentences takes
+# both (see `answer_sentence_span`).
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’»)\]]*(?=\s+(\S))|[。！？]+[」』”’）]*")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+  """Character spans `[(start, end)]` of `text`'s sentences (whitespace between excluded).
+
+  The spans are in order, do not overlap, and cover every non-space character.
+  """
+  ends = [m.end() for m in _SENTENCE_END.finditer(text)
+          if m.group(1) is None or not m.group(1).islower()]
+  spans = []
+  for start, end in zip([0] + ends, ends + [len(text)]):
+    chunk = text[start:end]
+    start += len(chunk) - len(chunk.lstrip())
+    end -= len(chunk) - len(chunk.rstrip())
+    if end > start:
+      spans.append((start, end))
+  return spans
+
+
+def answer_sentence_span(breaks: Sequence[Sequence[int]], answer_start: int,
+                         answer_end: int) -> tuple[int, int]:
+  """The span covering every sentence in `breaks` that overlaps [answer_start, answer_end)."""
+  hit = [(s, e) for s, e in breaks if s < max(answer_end, answer_start + 1) and e > answer_start]
+  if not hit:  # The answer sits in whitespace between sentences: take the next one.
+    hit = [min(((s, e) for s, e in breaks if s >= answer_start), default=breaks[-1])]
+  return hit[0][0], hit[-1][1]
+
+
+# ----------------------------------------------------------------------------
+# SQuAD / XQuAD-R / LAReQA JSON.
+
+
+def _load_json(path) -> dict:
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
+  if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+    raise DataError(f"{path}: expected SQuAD JSON, an object with a 'data' list")
+  return data
+
+
+def _locate_answer(context: str, answers) -> tuple[int, int] | None:
+  """(start, end) of the first answer whose text is in `context`, or None.
+
+  The given `answer_start` is used when the text is there; else the text's first
+  occurrence (SQuAD v1.1 dev's `answer_start` is the first occurrence anyway).
+  """
+  for answer in answers:
+    text, start = answer.get("text"), answer.get("answer_start")
+    if not isinstance(text, str) or not text:
+      continue
+    if isinstance(start, int) and context[start:start + len(text)] == text:
+      return start, start + len(text)
+    found = context.find(text)
+    if found >= 0:
+      return found, found + len(text)
+  return None
+
+
+@dataclasses.dataclass
+class SquadQuestion:
+  """One usable SQuAD question with its paragraph and answer sentence."""
+  id: str
+  question: str
+  context: str
+  sentence_breaks: list[tuple[int, int]]  # The context's sentences (given or split).
+  answer_sentence: tuple[int, int]  # Span in context of the sentence(s) holding the answer.
+  paragraph_index: int  # Running index of the paragraph in the file.
+
+
+def iter_squad_questions(path, *, log: SkipLog | None = None) -> Iterator[SquadQuestion]:
+  """Every usable question of a SQuAD-format JSON file (v1.1, XQuAD, XQuAD-R).
+
+  Sentences come from the paragraph's `sentence_breaks` when present (XQuAD-R),
+  else from `split_sentences`. Skips (counted in `log`): a question that is empty
+  or missing, a paragraph without context, an answer not in its context.
+  """
+  log = _log_or_default(log)
+  paragraph_index = -1
+  for i, article in enumerate(_load_json(path)["data"]):
+    for j, paragraph in enumerate(article.get("paragraphs", [])):
+      paragraph_index += 1
+      where = f"data[{i}].paragraphs[{j}]"
+      context = paragraph.get("context")
+      qas = paragraph.get("qas", [])
+      if not isinstance(context, str) or not context.strip():
+        for k in range(len(qas)):
+          log.skip(path, f"{where}.qas[{k}]", EMPTY_TEXT, "paragraph has no context")
+        continue
+      breaks = paragraph.get("sentence_breaks")
+      breaks = ([tuple(b) for b in breaks] if breaks else split_sentences(context))
+      for k, qa in enumerate(qas):
+        qwhere = f"{where}.qas[{k}] (id {qa.get('id')})"
+        question = qa.get("question")
+        if not isinstance(question, str):
+          log.skip(path, qwhere, MISSING_COLUMN, "no 'question'")
+          continue
+        if not question.strip():
+          log.skip(path, qwhere, EMPTY_TEXT, "empty question")
+          continue
+        span = _locate_answer(context, qa.get("answers") or [])
+        if span is None:
+          log.skip(path, qwhere, ANSWER_NOT_IN_CONTEXT,
+                   f"answers {[a.get('text') for a in qa.get('answers') or []][:3]}")
+          continue
+        log.keep(path)
+        yield SquadQuestion(
+            id=str(qa.get("id", f"{i}.{j}.{k}")), question=question.strip(),
+            context=context, sentence_breaks=breaks,
+            answer_sentence=answer_sentence_span(breaks, *span),
+            paragraph_index=paragraph_index)
+  log.end_file(path, "question")
+
+
+def read_squad(path, *, target: str = "sentence",
+               log: SkipLog | None = None) -> Iterator[dict]:
+  """IR pairs `{"query", "passage"}` from SQuAD JSON.
+
+  Args:
+    path: a SQuAD-format JSON file.
+    target: "sentence" (the sentence holding the answer) or "paragraph" (the context);
+      config.data.ir.squad_target.
+    log: counts skips (see `iter_squad_questions`).
+  """
+  if target not in ("sentence", "paragraph"):
+    raise DataError(f"config.data.ir.squad_target={target!r}: expected 'sentence' or 'paragraph'")
+  for q in iter_squad_questions(path, log=log):
+    if target == "paragraph":
+      passage = q.context.strip()
+    else:
+      passage = q.context[q.answer_sentence[0]:q.answer_sentence[1]]
+    yield {"query": q.question, "passage": passage, "negatives": []}
+
+
+@dataclasses.dataclass
+class LareqaSet:
+  """One language of XQuAD-R / LAReQA: questions and the pool of answer sentences.
+
+  `answer[i]` indexes `sentences` (this language's pool); question ids match across
+  languages, so the answers of question `id` in every language are found by id.
+  """
+  language: str  # From the file name ("en.json" -> "en").
+  question_ids: list[str]
+  questions: list[str]
+  answer: list[int]  # [num_questions] index into `sentences`.
+  sentences: list[str]
+  sentence_context: list[int]  # [num_sentences] index into `contexts`.
+  contexts: list[str]
+
+
+def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
+  """Reads one XQuAD-R / LAReQA language file (SQuAD JSON with `sentence_breaks`).
+
+  The pool holds every sentence of every paragraph (as given by `sentences`, else
+  cut from `sentence_breaks`, else `split_sentences`), including sentences no
+  question points to; a question's answer is the sentence whose break contains its
+  answer_start.
+  """
+  log = _log_or_default(log)
+  result = LareqaSet(language=os.path.basename(str(path)).split(".")[0],
+                     question_ids=[], questions=[], answer=[], sentences=[],
+                     sentence_context=[], contexts=[])
+  first_sentence = {}  # paragraph_index -> index of its first sentence in the pool
+  data = _load_json(path)["data"]
+  paragraphs = [p for a in data for p in a.get("paragraphs", [])]
+  for q in iter_squad_questions(path, log=log):
+    if q.paragraph_index not in first_sentence:
+      first_sentence[q.paragraph_index] = len(result.sentences)
+      given = paragraphs[q.paragraph_index].get("sentences")
+      texts = (given if given and len(given) == len(q.sentence_breaks) else
+               [q.context[s:e] for s, e in q.sentence_breaks])
+      result.contexts.append(q.context)
+      result.sentences.extend(texts)
+      result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
+    # The first sentence that overlaps the answer is the answer sentence.
+    index = next(n for n, (s, e) in enumerate(q.sentence_breaks)
+                 if s == q.answer_sentence[0])
+    result.question_ids.append(q.id)
+    result.questions.append(q.question)
+    result.answer.append(first_sentence[q.paragraph_index] + index)
+  # Paragraphs that no usable question refers to still add their sentences to the pool.
+  for index, paragraph in enumerate(paragraphs):
+    context = paragraph.get("context")
+    if index in first_sentence or not isinstance(context, str) or not context.strip():
+      continue
+    breaks = paragraph.get("sentence_breaks") or split_sentences(context)
+    texts = paragraph.get("sentences") or [context[s:e] for s, e in breaks]
+    result.contexts.append(context)
+    result.sentences.extend(texts)
+    result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
+  return result
+
+
+# ----------------------------------------------------------------------------
+# Line-based text: TSV, aligned pairs, monolingual.
+
+
+def _read_lines(path) -> Iterator[tuple[int, str]]:
+  """(1-based line number, line without its newline); decoding errors are DataErrors."""
+  # newline="\n": a stray "\r" inside a field must not end the line.
+  with open(path, encoding="utf-8", newline="\n") as f:
+    line_no = 0
+    try:
+      for line_no, line in enumerate(f, start=1):
+        yield line_no, line.rstrip("\r\n")
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}:{line_no + 1}: not UTF-8 ({e.reason})") from e
+
+
+def read_triples(path, *, num_negatives: int = 0,
+                 log: SkipLog | None = None) -> Iterator[dict]:
+  """IR rows `{"query", "passage", "negatives"}` from a tab-separated file.
+
+  Columns: query, positive passage, then negatives (MS MARCO's triples have one).
+  No header. The first `num_negatives` negatives are kept (config.data.ir.num_negatives);
+  a row with fewer columns than 2 + num_negatives is a `missing_column` skip, an empty
+  field an `empty_text` skip.
+  """
+  log = _log_or_default(log)
+  need = 2 + num_negatives
+  for line_no, line in _read_lines(path):
+    fields = line.split("\t")
+    if len(fields) < need:
+      log.skip(path, line_no, MISSING_COLUMN, f"{len(fields)} columns, expected >= {need}")
+      continue
+    fields = [f.strip() for f in fields[:need]]
+    if not all(fields):
+      log.skip(path, line_no, EMPTY_TEXT, f"empty column {fields.index('') + 1}")
+      continue
+    log.keep(path)
+    yield {"query": fields[0], "passage": fields[1], "negatives": fields[2:]}
+  log.end_file(path)
+
+
+def _parallel_tsv_header(path, header: str) -> tuple[str, str]:
+  fields = header.split("\t")
+  if len(fields) != 3 or not all(re.fullmatch(r"[a-z]{2,3}(_[A-Za-z]+)?", f) for f in fields[1:]):
+    raise DataError(f"{path}:1: expected a header 'source<TAB>eng<TAB>xxx' naming the "
+                    f"languages (ISO 639-3), got {header[:80]!r}")
+  return fields[1], fields[2]
+
+
+def read_parallel_tsv(path, *, languages: Sequence[str],
+                      log: SkipLog | None = None) -> Iterator[dict]:
+  """Parallel rows `{"src", "tgt", "src_lang", "tgt_lang"}` from a `source eng xxx` TSV.
+
+  The header's second and third columns name the languages of the text columns
+  (src is the second column). When a language is not in `languages`
+  (config.data.languages), every row of the file is an `unknown_language` skip.
+  Other skips: a line without 3 columns (`missing_column`), an empty text.
+  """
+  log = _log_or_default(log)
+  lines = _read_lines(path)
+  first = next(lines, None)
+  if first is None:
+    raise DataError(f"{path}: empty file, expected a 'source eng xxx' header")
+  src_code, tgt_code = _parallel_tsv_header(path, first[1])
+  src_lang, tgt_lang = language_id(src_code, languages), language_id(tgt_code, languages)
+  unknown = [c for c, i in ((src_code, src_lang), (tgt_code, tgt_lang)) if i is None]
+  for line_no, line in lines:
+    if unknown:
+      log.skip(path, line_no, UNKNOWN_LANGUAGE,
+               f"{unknown} not in config.data.languages={list(languages)}")
+      continue
+    fields = line.split("\t")
+    if len(fields) != 3:
+      log.skip(path, line_no, MISSING_COLUMN if len(fields) < 3 else MALFORMED,
+               f"{len(fields)} columns, expected 3")
+      continue
+    src, tgt = fields[1].strip(), fields[2].strip()
+    if not src or not tgt:
+      log.skip(path, line_no, EMPTY_TEXT, f"empty {'source' if not src else 'target'}")
+      continue
+    log.keep(path)
+    yield {"src": src, "tgt": tgt, "src_lang": src_lang, "tgt_lang": tgt_lang}
+  if unknown:  # Counted and logged above; the whole file is unusable, not broken.
+    logging.warning("%s: skipped the whole file: languages %s not in config.data.languages",
+                    path, unknown)
+    return
+  log.end_file(path, "pair")
+
+
+def iter_aligned_lines(src_path, tgt_path, *,
+                       log: SkipLog | None = None) -> Iterator[tuple[int, str, str]]:
+  """(line number, src, tgt) of two line-aligned files; a pair with an empty side is skipped.
+
+  Files of different line counts are a `DataError` (the alignment is lost).
+  The skips are counted under `src_path`.
+  """
+  log = _log_or_default(log)
+  src_lines, tgt_lines = list(_read_lines(src_path)), list(_read_lines(tgt_path))
+  if len(src_lines) != len(tgt_lines):
+    raise DataError(f"{src_path} has {len(src_lines)} lines but {tgt_path} has "
+                    f"{len(tgt_lines)}: expected line-aligned files")
+  for (line_no, src), (_, tgt) in zip(src_lines, tgt_lines):
+    src, tgt = src.strip(), tgt.strip()
+    if not src or not tgt:
+      log.skip(src_path, line_no, EMPTY_TEXT,
+               f"empty line in {src_path if not src else tgt_path}")
+      continue
+    log.keep(src_path)
+    yield line_no, src, tgt
+  log.end_file(src_path, "pair")
+
+
+def parse_aligned_spec(spec: str) -> tuple[tuple[str, str], tuple[str, str]]:
+  """((src_code, src_path), (tgt_code, tgt_path)) from a config.data.parallel.paths entry.
+
+  Two forms: "xxx:PATH_A,yyy:PATH_B" (explicit, e.g. FLORES), or a Tatoeba/Moses
+  prefix "DIR/tatoeba.xxx-yyy" meaning the files PREFIX.xxx and PREFIX.yyy.
+  """
+  if "," in spec and ":" in spec:
+    parts = [p.split(":", 1) for p in spec.split(",")]
+    if len(parts) == 2 and all(len(p) == 2 and p[0] and p[1] for p in parts):
+      return tuple(parts[0]), tuple(parts[1])
+  match = re.search(r"\.([a-z]{2,3})-([a-z]{2,3})$", spec)
+  if match:
+    return (match[1], f"{spec}.{match[1]}"), (match[2], f"{spec}.{match[2]}")
+  raise DataError(f"config.data.parallel.paths entry {spec!r}: expected 'xxx:PATH,yyy:PATH' "
+                  "or a prefix ending in '.xxx-yyy' (files PREFIX.xxx and PREFIX.yyy)")
+
+
+def read_aligned(spec: str, *, languages: Sequence[str],
+                 log: SkipLog | None = None) -> Iterator[dict]:
+  """Parallel rows `{"src", "tgt", "src_lang", "tgt_lang"}` from a line-aligned pair.
+
+  `spec` is a config.data.parallel.paths entry (see `parse_aligned_spec`). When a
+  language is not in `languages`, every line is an `unknown_language` skip.
+  """
+  log = _log_or_default(log)
+  (src_code, src_path), (tgt_code, tgt_path) = parse_aligned_spec(spec)
+  src_lang, tgt_lang = language_id(src_code, languages), language_id(tgt_code, languages)
+  unknown = [c for c, i in ((src_code, src_lang), (tgt_code, tgt_lang)) if i is None]
+  if unknown:
+    for line_no, _ in _read_lines(src_path):
+      log.skip(src_path, line_no, UNKNOWN_LANGUAGE,
+               f"{unknown} not in config.data.languages={list(languages)}")
+    return
+  for _, src, tgt in iter_aligned_lines(src_path, tgt_path, log=log):
+    yield {"src": src, "tgt": tgt, "src_lang": src_lang, "tgt_lang": tgt_lang}
+
+
+def read_tatoeba(src_path, tgt_path, *,
+                 log: SkipLog | None = None) -> tuple[list[str], list[str]]:
+  """The aligned sentences (src[i] translates tgt[i]) of a Tatoeba / FLORES pair.
+
+  A pair with an empty side is skipped (counted in `log`), keeping the alignment.
+  """
+  pairs = list(iter_aligned_lines(src_path, tgt_path, log=log))
+  return [p[1] for p in pairs], [p[2] for p in pairs]
+
+
+def parse_mono_spec(spec: str) -> tuple[str, str]:
+  """(language code, path) from a config.data.mono.paths entry "xxx:PATH"."""
+  code, sep, path = spec.partition(":")
+  if not sep or not re.fullmatch(r"[a-z]{2,3}(_[A-Za-z]+)?", code) or not path:
+    raise DataError(f"config.data.mono.paths entry {spec!r}: expected 'xxx:PATH' "
+                    "(ISO 639-3 code, colon, file of one sentence per line)")
+  return code, path
+
+
+def read_mono(spec: str, *, languages: Sequence[str],
+              log: SkipLog | None = None) -> Iterator[dict]:
+  """Rows `{"text", "lang"}` from "xxx:PATH", one sentence per line; empty lines skipped."""
+  log = _log_or_default(log)
+  code, path = parse_mono_spec(spec)
+  lang = language_id(code, languages)
+  for line_no, line in _read_lines(path):
+    if lang is None:
+      log.skip(path, line_no, UNKNOWN_LANGUAGE,
+               f"{code!r} not in config.data.languages={list(languages)}")
+      continue
+    text = line.strip()
+    if not text:
+      log.skip(path, line_no, EMPTY_TEXT)
+      continue
+    log.keep(path)
+    yield {"text": text, "lang": lang}
+  if lang is not None:
+    log.end_file(path, "sentence")
+
+
+# ----------------------------------------------------------------------------
+# BEIR folders.
+
+
+@dataclasses.dataclass
+class BeirSet:
+  """A BEIR folder: `corpus[doc_id] = {"title", "text"}`, `queries[qid] = text`,
+  `qrels[qid] = {doc_id: relevance}` (only queries that have qrels in the split)."""
+  corpus: dict[str, dict[str, str]]
+  queries: dict[str, str]
+  qrels: dict[str, dict[str, int]]
+
+
+def _read_jsonl(path, log: SkipLog, text_keys: Sequence[str]) -> Iterator[tuple[str, dict]]:
+  """(`_id`, record) of a BEIR jsonl file; a record without `_id` or text is skipped."""
+  for line_no, line in _read_lines(path):
+    if not line.strip():
+      log.skip(path, line_no, EMPTY_TEXT, "empty line")
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      log.skip(path, line_no, MALFORMED, f"not JSON: {e.msg}")
+      continue
+    if not isinstance(record, dict) or "_id" not in record:
+      log.skip(path, line_no, MISSING_COLUMN, "no '_id'")
+      continue
+    if not any(str(record.get(k) or "").strip() for k in text_keys):
+      log.skip(path, line_no, EMPTY_TEXT, f"no {' or '.join(text_keys)}")
+      continue
+    log.keep(path)
+    yield str(record["_id"]), record
+
+
+def beir_passage(doc: dict) -> str:
+  """A BEIR document as one passage: "title text" (the title only when present)."""
+  title, text = str(doc.get("title") or "").strip(), str(doc.get("text") or "").strip()
+  return f"{title} {text}" if title and text else (title or text)
+
+
+def read_beir(folder, *, split: str = "test", log: SkipLog | None = None) -> BeirSet:
+  """Reads a BEIR folder: corpus.jsonl, queries.jsonl, qrels/{split}.tsv.
+
+  qrels rows are `query-id<TAB>corpus-id<TAB>score` after a header; a row naming an
+  unknown query or document is an `unknown_id` skip, a bad score `malformed`.
+  """
+  log = _log_or_default(log)
+  folder = os.fspath(folder)
+  qrels_path = os.path.join(folder, "qrels", f"{split}.tsv")
+  for name in ("corpus.jsonl", "queries.jsonl"):
+    if not os.path.exists(os.path.join(folder, name)):
+      raise DataError(f"{folder}: not a BEIR folder, {name} is missing")
+  if not os.path.exists(qrels_path):
+    have = sorted(os.listdir(os.path.join(folder, "qrels"))) if os.path.isdir(
+        os.path.join(folder, "qrels")) else []
+    raise DataError(f"{qrels_path} not found (split {split!r}); qrels/ has {have}")
+  corpus_path, queries_path = os.path.join(folder, "corpus.jsonl"), os.path.join(folder, "queries.jsonl")
+  corpus = {i: {"title": str(r.get("title") or ""), "text": str(r.get("text") or "")}
+            for i, r in _read_jsonl(corpus_path, log, ("title", "text"))}
+  log.end_file(corpus_path, "document")
+  queries = {i: str(r["text"]).strip() for i, r in _read_jsonl(queries_path, log, ("text",))}
+  log.end_file(queries_path, "query")
+  qrels = collections.defaultdict(dict)
+  for line_no, line in _read_lines(qrels_path):
+    fields = line.split("\t")
+    if line_no == 1 and fields[0] == "query-id":
+      continue  # The header.
+    if len(fields) < 3:
+      log.skip(qrels_path, line_no, MISSING_COLUMN, f"{len(fields)} columns, expected 3")
+      continue
+    qid, doc_id, score = fields[0].strip(), fields[1].strip(), fields[2].strip()
+    if not re.fullmatch(r"-?\d+", score):
+      log.skip(qrels_path, line_no, MALFORMED, f"score {score!r} is not an integer")
+      continue
+    if qid not in queries or doc_id not in corpus:
+      log.skip(qrels_path, line_no, UNKNOWN_ID,
+               f"query {qid!r}" if qid not in queries else f"document {doc_id!r}")
+      continue
+    log.keep(qrels_path)
+    qrels[qid][doc_id] = int(score)
+  log.end_file(qrels_path, "judgement")
+  return BeirSet(corpus=corpus, queries=queries, qrels=dict(qrels))
+
+
+def read_beir_pairs(folder, *, split: str = "train",
+                    log: SkipLog | None = None) -> Iterator[dict]:
+  """IR rows `{"query", "passage"}` for each (query, document) of qrels score > 0."""
+  beir = read_beir(folder, split=split, log=log)
+  for qid, docs in beir.qrels.items():
+    for doc_id, score in docs.items():
+      if score > 0:
+        yield {"query": beir.queries[qid], "passage": beir_passage(beir.corpus[doc_id]),
+               "negatives": []}
