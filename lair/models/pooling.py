@@ -1,0 +1,66 @@
+"""Pooling token states into one vector per text, an optional projection head, L2 norm.
+
+All pure functions on arrays; results are float32 whatever the encoder's compute dtype.
+
+Projection head params:
+  "linear": {"dense_0": {"kernel": [H, D], "bias": [D]}}
+  "mlp":    {"dense_0": {"kernel": [H, H], "bias": [H]}, "dense_1": {"kernel": [H, D], "bias": [D]}}
+with an exact GELU after dense_0 of the MLP. Each dense is one sentence-transformers `Dense`
+module on export (see hf.py).
+"""
+import jax
+import jax.numpy as jnp
+
+POOLINGS = ("cls", "mean")
+PROJECTIONS = ("", "linear", "mlp")
+
+
+def pool(hidden, mask, kind: str):
+  """hidden [B, L, H], mask [B, L] (1 = real token) -> [B, H] float32.
+
+  "cls" takes the first token; "mean" averages the real tokens (padding excluded), dividing by
+  max(count, 1e-9) like sentence-transformers so an all-pad row gives zeros, not NaNs.
+  """
+  hidden = hidden.astype(jnp.float32)
+  if kind == "cls":
+    return hidden[:, 0]
+  if kind == "mean":
+    mask = mask.astype(jnp.float32)[..., None]
+    return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1e-9)
+  raise ValueError(f"model.pooling={kind!r} is not supported; expected one of {POOLINGS}.")
+
+
+def l2_normalize(x, eps: float = 1e-12):
+  """x [B, D] -> x / max(||x||, eps), as torch.nn.functional.normalize."""
+  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return x / jnp.maximum(norm, eps)
+
+
+def head_layer_sizes(kind: str, in_dim: int, out_dim: int):
+  """(in, out) sizes of each dense layer of the projection head, in order."""
+  if kind == "linear":
+    return [(in_dim, out_dim)]
+  if kind == "mlp":
+    return [(in_dim, in_dim), (in_dim, out_dim)]
+  raise ValueError(f"model.projection={kind!r} is not supported; expected one of {PROJECTIONS}.")
+
+
+def init_head(kind: str, in_dim: int, out_dim: int, rng) -> dict:
+  """Projection head params: kernels ~ N(0, 0.02), zero biases (see the module docstring)."""
+  sizes = head_layer_sizes(kind, in_dim, out_dim)
+  rngs = jax.random.split(rng, len(sizes))
+  return {f"dense_{i}": {"kernel": 0.02 * jax.random.normal(r, (n_in, n_out), jnp.float32),
+                         "bias": jnp.zeros((n_out,), jnp.float32)}
+          for i, (r, (n_in, n_out)) in enumerate(zip(rngs, sizes))}
+
+
+def apply_head(params, x, kind: str):
+  """x [B, H] -> [B, D] float32 through the projection head."""
+  num_layers = len(head_layer_sizes(kind, 1, 1))
+  x = x.astype(jnp.float32)
+  for i in range(num_layers):
+    layer = params[f"dense_{i}"]
+    x = x @ layer["kernel"] + layer["bias"]
+    if i < num_layers - 1:
+      x = jax.nn.gelu(x, approximate=False)
+  return x

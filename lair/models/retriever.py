@@ -1,0 +1,148 @@
+"""Dual-encoder retriever: one shared tower (default) or query/passage towers, pooling, head.
+
+Params are a dict: `{"encoder": enc}` with shared towers, else
+`{"query_encoder": enc, "passage_encoder": enc}`; plus `{"head": ...}` with a projection
+(layout in pooling.py). Everything here is a pure function of (params, arrays, config).
+"""
+import dataclasses
+
+import jax
+
+from lair.models import bert
+from lair.models import pooling
+
+TOWERS = ("query", "passage")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieverConfig:
+  """How texts become embeddings: encoder tower(s), pooling, optional head, normalisation."""
+  encoder: bert.EncoderConfig
+  pooling: str = "mean"  # "mean" | "cls"
+  projection: str = ""  # "" | "linear" | "mlp"
+  projection_dim: int = 0  # 0: the encoder's hidden size.
+  normalize: bool = True
+  shared_towers: bool = True
+
+  def __post_init__(self):
+    if self.pooling not in pooling.POOLINGS:
+      raise ValueError(f"model.pooling={self.pooling!r} is not supported; expected one of "
+                       f"{pooling.POOLINGS}.")
+    if self.projection not in pooling.PROJECTIONS:
+      raise ValueError(f"model.projection={self.projection!r} is not supported; expected one "
+                       f"of {pooling.PROJECTIONS}.")
+
+  @property
+  def embedding_dim(self) -> int:
+    """D, the size of the vectors `embed` returns."""
+    if self.projection and self.projection_dim:
+      return self.projection_dim
+    return self.encoder.hidden_size
+
+
+def retriever_config_from_config(model_cfg, encoder_config: bert.EncoderConfig):
+  """RetrieverConfig from `config.model` (a ConfigDict) and the encoder's config."""
+  return RetrieverConfig(
+      encoder=encoder_config, pooling=model_cfg.pooling, projection=model_cfg.projection,
+      projection_dim=model_cfg.projection_dim, normalize=model_cfg.normalize,
+      shared_towers=model_cfg.shared_towers)
+
+
+def encoder_params(params, tower: str):
+  """The encoder params that embed texts of `tower` ("query" | "passage")."""
+  if tower not in TOWERS:
+    raise ValueError(f"tower={tower!r}; expected one of {TOWERS}.")
+  if "encoder" in params:
+    return params["encoder"]
+  return params[f"{tower}_encoder"]
+
+
+def init_retriever(rcfg: RetrieverConfig, rng, encoder_params=None) -> dict:
+  """Retriever params; `encoder_params` (e.g. from `load_hf`) seed every tower when given.
+
+  Separate towers start as copies of the imported encoder, or as two independent random inits.
+  """
+  enc_rng, passage_rng, head_rng = jax.random.split(rng, 3)
+  if encoder_params is None:
+    query_enc = bert.init_encoder(rcfg.encoder, enc_rng)
+    passage_enc = bert.init_encoder(rcfg.encoder, passage_rng)
+  else:
+    query_enc = encoder_params
+    # A real copy, so the towers never alias one buffer (donation, in-place updates).
+    passage_enc = jax.tree.map(lambda x: x.copy(), encoder_params)
+  if rcfg.shared_towers:
+    params = {"encoder": query_enc}
+  else:
+    params = {"query_encoder": query_enc, "passage_encoder": passage_enc}
+  if rcfg.projection:
+    params["head"] = pooling.init_head(rcfg.projection, rcfg.encoder.hidden_size,
+                                       rcfg.embedding_dim, head_rng)
+  return params
+
+
+def embed(params, input_ids, attention_mask, *, rcfg: RetrieverConfig, tower: str = "query",
+          train: bool = False, rng=None):
+  """input_ids, attention_mask [B, L] -> embeddings [B, D] float32 (L2-normalised if asked)."""
+  hidden = bert.encode(encoder_params(params, tower), input_ids, attention_mask,
+                       config=rcfg.encoder, train=train, rng=rng)
+  x = pooling.pool(hidden, attention_mask, rcfg.pooling)
+  if rcfg.projection:
+    x = pooling.apply_head(params["head"], x, rcfg.projection)
+  if rcfg.normalize:
+    x = pooling.l2_normalize(x)
+  return x
+
+
+def check_vocabulary(tokenizer, encoder_config: bert.EncoderConfig, source: str):
+  """Raises if the tokenizer can emit ids past the embedding table of `source`."""
+  if tokenizer is not None and len(tokenizer) > encoder_config.vocab_size:
+    raise ValueError(
+        f"{source}: the tokenizer has {len(tokenizer)} tokens but the embedding table has "
+        f"vocab_size={encoder_config.vocab_size} rows; expected len(tokenizer) <= vocab_size.")
+
+
+def build_from_config(model_cfg, *, tokenizer=None, rng):
+  """(RetrieverConfig, params, tokenizer) from `config.model`.
+
+  With `model_cfg.hf_path` the encoder (and, unless one is passed, its tokenizer) is imported
+  by `load_hf`; otherwise a random encoder is built from `model_cfg.encoder`, whose
+  vocab_size = 0 means len(tokenizer) and whose pad id is the tokenizer's.
+  `model_cfg.dtype` sets the compute dtype.
+  """
+  if model_cfg.hf_path:
+    from lair.models import hf  # pylint: disable=g-import-not-at-top  (pulls in transformers)
+    enc_cfg, enc_params, hf_tokenizer = hf.load_hf(model_cfg.hf_path)
+    tokenizer = tokenizer if tokenizer is not None else hf_tokenizer
+    enc_cfg = dataclasses.replace(enc_cfg, dtype=model_cfg.dtype)
+    check_vocabulary(tokenizer, enc_cfg, f"model.hf_path={model_cfg.hf_path!r}")
+  else:
+    e = model_cfg.encoder
+    vocab_size = e.vocab_size
+    if not vocab_size:
+      if tokenizer is None:
+        raise ValueError("model.encoder.vocab_size=0 takes the tokenizer's size, but no "
+                         "tokenizer was given; pass one or set model.encoder.vocab_size.")
+      vocab_size = len(tokenizer)
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    enc_cfg = bert.EncoderConfig(
+        model_type=e.model_type, vocab_size=vocab_size, hidden_size=e.hidden_size,
+        num_layers=e.num_layers, num_heads=e.num_heads, intermediate_size=e.intermediate_size,
+        max_position_embeddings=e.max_position_embeddings, type_vocab_size=e.type_vocab_size,
+        layer_norm_eps=e.layer_norm_eps, hidden_dropout=e.hidden_dropout,
+        attention_dropout=e.attention_dropout, pad_token_id=pad_id if pad_id is not None else 0,
+        dtype=model_cfg.dtype)
+    check_vocabulary(tokenizer, enc_cfg, "model.encoder.vocab_size")
+    enc_params = None
+  rcfg = retriever_config_from_config(model_cfg, enc_cfg)
+  return rcfg, init_retriever(rcfg, rng, enc_params), tokenizer
+
+
+def trainable_mask(params, freeze_embeddings: bool):
+  """Pytree of bools like `params`: False for the token embedding tables when frozen.
+
+  For `optax.masked(tx, mask)` / `optax.multi_transform` (frozen leaves get no update).
+  """
+  def trainable(path, _):
+    names = [getattr(k, "key", str(k)) for k in path]
+    return not (freeze_embeddings and "word_embeddings" in names)
+  return jax.tree_util.tree_map_with_path(trainable, params)

@@ -1,0 +1,211 @@
+"""Encoder, pooling and retriever behaviour against NumPy references and invariants.
+
+Parity with PyTorch `transformers` is in test_hf.py; here: pooling maths, padding invariance,
+dropout, bfloat16 compute, the retriever's params layout and `build_from_config`.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from lair import configs
+from lair.models import bert
+from lair.models import pooling
+from lair.models import retriever
+
+CONFIG = bert.EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
+                            intermediate_size=64, max_position_embeddings=32, pad_token_id=0)
+
+
+def padded_batch(rng=0, lengths=(7, 3, 5, 1), max_len=8, vocab=50, pad_id=0):
+  """Random ids [B, L] (never pad inside a row) and mask [B, L], right-padded to max_len."""
+  rng = np.random.default_rng(rng)
+  ids = rng.integers(2, vocab, (len(lengths), max_len)).astype(np.int32)
+  mask = (np.arange(max_len)[None] < np.array(lengths)[:, None]).astype(np.int32)
+  return np.where(mask == 1, ids, pad_id).astype(np.int32), mask
+
+
+def test_pool_matches_numpy():
+  rng = np.random.default_rng(0)
+  hidden = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], np.int32)
+  np.testing.assert_allclose(pooling.pool(hidden, mask, "cls"), hidden[:, 0])
+  mean = pooling.pool(hidden, mask, "mean")
+  np.testing.assert_allclose(mean[0], hidden[0, :3].mean(0), rtol=1e-6)
+  np.testing.assert_allclose(mean[1], hidden[1].mean(0), rtol=1e-6)
+  np.testing.assert_array_equal(mean[2], np.zeros(4))  # All-pad row: zeros, not NaN.
+  with pytest.raises(ValueError, match="'max'.*expected one of"):
+    pooling.pool(hidden, mask, "max")
+
+
+def test_l2_normalize_and_heads_match_numpy():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(4, 6)).astype(np.float32)
+  np.testing.assert_allclose(pooling.l2_normalize(x),
+                             x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+  np.testing.assert_array_equal(pooling.l2_normalize(np.zeros((1, 3))), np.zeros((1, 3)))
+  head = pooling.init_head("mlp", 6, 3, jax.random.key(0))
+  h = x @ np.asarray(head["dense_0"]["kernel"]) + np.asarray(head["dense_0"]["bias"])
+  from scipy import special  # pylint: disable=g-import-not-at-top
+  h = 0.5 * h * (1 + special.erf(h / np.sqrt(2)))  # Exact GELU.
+  ref = h @ np.asarray(head["dense_1"]["kernel"]) + np.asarray(head["dense_1"]["bias"])
+  np.testing.assert_allclose(pooling.apply_head(head, x, "mlp"), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type,pad_id", [("bert", 0), ("xlm-roberta", 1)])
+def test_padding_does_not_change_real_tokens(model_type, pad_id):
+  """Extra padding (and what sits in padded slots' ids) leaves real positions unchanged."""
+  config = dataclasses.replace(CONFIG, model_type=model_type, pad_token_id=pad_id)
+  params = bert.init_encoder(config, jax.random.key(0))
+  ids, mask = padded_batch(pad_id=pad_id)
+  short = bert.encode(params, ids, mask, config=config)
+  longer_ids = np.concatenate([ids, np.full((4, 6), pad_id, np.int32)], 1)
+  longer = bert.encode(params, longer_ids, np.pad(mask, ((0, 0), (0, 6))), config=config)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(longer)[:, :8][real], np.asarray(short)[real],
+                             atol=1e-5)
+  # Each row alone (no padding at all) gives the same states as inside the padded batch.
+  for row, n in enumerate(mask.sum(1)):
+    alone = bert.encode(params, ids[row:row + 1, :n], mask[row:row + 1, :n], config=config)
+    np.testing.assert_allclose(alone[0], np.asarray(short)[row, :n], atol=1e-5)
+
+
+def test_dropout_needs_rng_and_is_deterministic_given_one():
+  params = bert.init_encoder(CONFIG, jax.random.key(0))
+  ids, mask = padded_batch()
+  with pytest.raises(ValueError, match="needs an `rng`"):
+    bert.encode(params, ids, mask, config=CONFIG, train=True)
+  a = bert.encode(params, ids, mask, config=CONFIG, train=True, rng=jax.random.key(1))
+  b = bert.encode(params, ids, mask, config=CONFIG, train=True, rng=jax.random.key(1))
+  c = bert.encode(params, ids, mask, config=CONFIG, train=True, rng=jax.random.key(2))
+  evaluated = bert.encode(params, ids, mask, config=CONFIG)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c) and not np.allclose(a, evaluated)
+  no_dropout = dataclasses.replace(CONFIG, hidden_dropout=0.0, attention_dropout=0.0)
+  np.testing.assert_allclose(bert.encode(params, ids, mask, config=no_dropout, train=True),
+                             evaluated, atol=1e-6)
+
+
+def test_bfloat16_compute_is_close_to_float32():
+  params = bert.init_encoder(CONFIG, jax.random.key(0))
+  ids, mask = padded_batch()
+  rcfg32 = retriever.RetrieverConfig(encoder=CONFIG)
+  rcfg16 = retriever.RetrieverConfig(encoder=dataclasses.replace(CONFIG, dtype="bfloat16"))
+  hidden16 = bert.encode(params, ids, mask, config=rcfg16.encoder)
+  assert hidden16.dtype == jnp.bfloat16
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  e32 = retriever.embed({"encoder": params}, ids, mask, rcfg=rcfg32)
+  e16 = retriever.embed({"encoder": params}, ids, mask, rcfg=rcfg16)
+  assert e16.dtype == jnp.float32
+  assert np.min(np.sum(np.asarray(e32) * np.asarray(e16), -1)) > 0.99  # Cosine (unit vectors).
+  np.testing.assert_allclose(e16, e32, atol=0.05)
+
+
+def test_input_longer_than_positions_is_an_error():
+  params = bert.init_encoder(CONFIG, jax.random.key(0))
+  ids = np.ones((1, 33), np.int32)
+  with pytest.raises(ValueError, match="length 33 exceeds.*32"):
+    bert.encode(params, ids, ids, config=CONFIG)
+
+
+def test_unsupported_model_type_lists_supported():
+  with pytest.raises(ValueError, match=r"'t5'.*\['bert', 'roberta', 'xlm-roberta'\]"):
+    dataclasses.replace(CONFIG, model_type="t5")
+
+
+@pytest.mark.parametrize("shared,projection", [(True, ""), (False, "linear"), (True, "mlp")])
+def test_retriever_layout_and_embed(shared, projection):
+  rcfg = retriever.RetrieverConfig(encoder=CONFIG, projection=projection,
+                                   projection_dim=16 if projection else 0, shared_towers=shared)
+  params = retriever.init_retriever(rcfg, jax.random.key(0))
+  towers = {"encoder"} if shared else {"query_encoder", "passage_encoder"}
+  assert set(params) == towers | ({"head"} if projection else set())
+  ids, mask = padded_batch()
+  embed = jax.jit(retriever.embed, static_argnames=("rcfg", "tower", "train"))
+  q = embed(params, ids, mask, rcfg=rcfg, tower="query")
+  p = embed(params, ids, mask, rcfg=rcfg, tower="passage")
+  assert q.shape == (4, rcfg.embedding_dim) and q.dtype == jnp.float32
+  np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
+  assert np.allclose(q, p) == shared  # Separate towers are independently initialised.
+
+
+def test_init_retriever_copies_imported_encoder_into_both_towers():
+  enc = bert.init_encoder(CONFIG, jax.random.key(3))
+  rcfg = retriever.RetrieverConfig(encoder=CONFIG, shared_towers=False)
+  params = retriever.init_retriever(rcfg, jax.random.key(0), enc)
+  for tower in ("query_encoder", "passage_encoder"):
+    jax.tree.map(np.testing.assert_array_equal, params[tower], enc)
+
+
+def test_trainable_mask_freezes_only_word_embeddings():
+  rcfg = retriever.RetrieverConfig(encoder=CONFIG, projection="linear", shared_towers=False)
+  params = retriever.init_retriever(rcfg, jax.random.key(0))
+  assert all(jax.tree.leaves(retriever.trainable_mask(params, False)))
+  mask = retriever.trainable_mask(params, True)
+  assert jax.tree.structure(mask) == jax.tree.structure(params)
+  for tower in ("query_encoder", "passage_encoder"):
+    assert not mask[tower]["embeddings"]["word_embeddings"]["embedding"]
+    assert mask[tower]["embeddings"]["position_embeddings"]["embedding"]
+  # Used as the trainer does: frozen leaves get no update.
+  tx = optax.multi_transform({True: optax.sgd(1.0), False: optax.set_to_zero()},
+                             jax.tree.map(bool, mask))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert not np.any(updates["query_encoder"]["embeddings"]["word_embeddings"]["embedding"])
+  assert np.all(updates["query_encoder"]["layer_0"]["output"]["kernel"] == -1)
+
+
+class _Tokenizer:
+  """The two things build_from_config reads from a tokenizer."""
+
+  def __init__(self, size, pad_token_id):
+    self.size, self.pad_token_id = size, pad_token_id
+
+  def __len__(self):
+    return self.size
+
+
+def test_build_from_config_random_init():
+  model_cfg = configs.default_config().model
+  model_cfg.encoder.hidden_size = 32
+  model_cfg.encoder.num_heads = 2
+  model_cfg.encoder.model_type = "xlm-roberta"
+  model_cfg.dtype = "bfloat16"
+  model_cfg.projection, model_cfg.projection_dim = "linear", 8
+  rcfg, params, tok = retriever.build_from_config(model_cfg, tokenizer=_Tokenizer(77, 1),
+                                                  rng=jax.random.key(0))
+  assert tok is not None and rcfg.encoder.vocab_size == 77 and rcfg.encoder.pad_token_id == 1
+  assert rcfg.encoder.dtype == "bfloat16" and rcfg.embedding_dim == 8
+  assert params["encoder"]["embeddings"]["word_embeddings"]["embedding"].shape == (77, 32)
+  ids, mask = padded_batch(vocab=77, pad_id=1)
+  assert retriever.embed(params, ids, mask, rcfg=rcfg).shape == (4, 8)
+
+
+def test_build_from_config_errors():
+  model_cfg = configs.default_config().model
+  with pytest.raises(ValueError, match="model.encoder.vocab_size=0.*no tokenizer"):
+    retriever.build_from_config(model_cfg, rng=jax.random.key(0))
+  model_cfg.encoder.vocab_size = 50
+  with pytest.raises(ValueError, match="model.encoder.vocab_size.*60 tokens.*vocab_size=50"):
+    retriever.build_from_config(model_cfg, tokenizer=_Tokenizer(60, 0), rng=jax.random.key(0))
+  model_cfg.pooling = "max"
+  with pytest.raises(ValueError, match="model.pooling='max'"):
+    retriever.build_from_config(model_cfg, tokenizer=_Tokenizer(50, 0), rng=jax.random.key(0))
+
+
+def test_build_from_config_hf_path(tmp_path):
+  """hf_path imports the checkpoint (and its tokenizer) through load_hf."""
+  import test_hf  # pylint: disable=g-import-not-at-top  (the tiny-checkpoint builder)
+  directory, _, tokenizer = test_hf.save_checkpoint(tmp_path, "bert")
+  model_cfg = configs.default_config().model
+  model_cfg.hf_path = str(directory)
+  model_cfg.shared_towers = False
+  rcfg, params, tok = retriever.build_from_config(model_cfg, rng=jax.random.key(0))
+  assert len(tok) == len(tokenizer) and rcfg.encoder.hidden_size == 48
+  jax.tree.map(np.testing.assert_array_equal, params["query_encoder"],
+               params["passage_encoder"])
+  assert isinstance(model_cfg, ml_collections.ConfigDict)
