@@ -1,0 +1,229 @@
+"""The training input pipeline: tokenized, bucket-padded, host-sharded, resumable batches.
+
+`TrainBatches(config, tokenizer, seed=...)` yields numpy batches (docs/design.md):
+
+  {"ir":       {"query_ids", "query_mask": [B, Lq], "passage_ids", "passage_mask": [B, Lp],
+                optional "negative_ids", "negative_mask": [B, K, Lp]},
+   "parallel": {"src_ids", "src_mask", "tgt_ids", "tgt_mask": [P, L], "src_lang", "tgt_lang": [P]},
+   "mono":     {"ids", "mask": [M, L], "lang": [M]}}     (all int32)
+
+with B, P, M this host's share of train.batch_size, train.parallel_batch_size and
+train.mono_batch_size. A stream is present only when a loss uses it:
+  * "ir": loss.ir_weight > 0;
+  * "parallel": loss.semantic_weight, xtr_weight, ems_contrastive_weight or
+    language_weight > 0 (the language loss contrasts against parallel pairs);
+  * "mono": loss.language_weight > 0 and data.mono.paths is not empty.
+
+Order. Each stream visits its rows in a fresh permutation every epoch, drawn from
+(seed, stream, epoch), forever. Global batch t of a stream holds the rows at
+positions [t*G, (t+1)*G) of that endless sequence; host h of n takes positions
+[t*G + h*G/n, t*G + (h+1)*G/n). So the state is just the step, and the n hosts'
+slices concatenated are exactly the one-host batch.
+
+Shapes. Text is tokenized with the model's HF tokenizer (config.model.query_prefix on
+IR queries, passage_prefix on passages and negatives; parallel and monolingual
+sentences take query_prefix, as multilingual-e5 asks for symmetric tasks), truncated
+to config.data.max_{query,passage,sentence}_len and padded to the smallest of
+config.data.length_buckets (capped at that max) that fits the longest row of the
+field in the *global* batch: every host pads to the same length, which
+`jax.make_array_from_process_local_data` needs. Each host therefore tokenizes the
+whole global batch (cheap next to the model) and keeps its slice.
+"""
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from lair.data import builders
+
+STREAMS = ("ir", "parallel", "mono")
+
+
+def active_streams(config) -> list[str]:
+  """The streams some loss with weight > 0 reads (see the module docstring)."""
+  loss = config.loss
+  streams = []
+  if loss.ir_weight > 0:
+    streams.append("ir")
+  if (loss.semantic_weight > 0 or loss.xtr_weight > 0 or loss.ems_contrastive_weight > 0
+      or loss.language_weight > 0):
+    streams.append("parallel")
+  if loss.language_weight > 0 and config.data.mono.paths:
+    streams.append("mono")
+  return streams
+
+
+def bucket_lengths(buckets: Sequence[int], max_len: int) -> list[int]:
+  """The lengths a field may be padded to: the buckets below `max_len`, then `max_len`."""
+  return sorted({b for b in buckets if 0 < b < max_len} | {max_len})
+
+
+def pad_to_bucket(token_ids: Sequence[Sequence[int]], lengths: Sequence[int],
+                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pads rows to the smallest of `lengths` that fits the longest row.
+
+  Args:
+    token_ids: N rows of token ids, each at most max(lengths) long.
+    lengths: allowed padded lengths, ascending (`bucket_lengths`).
+    pad_id: the tokenizer's pad token id.
+
+  Returns:
+    ids [N, L] int32 (pad_id after each row) and mask [N, L] int32 (1 on tokens).
+  """
+  longest = max((len(t) for t in token_ids), default=1)
+  length = next(b for b in lengths if b >= longest)
+  ids = np.full((len(token_ids), length), pad_id, np.int32)
+  mask = np.zeros((len(token_ids), length), np.int32)
+  for i, row in enumerate(token_ids):
+    ids[i, :len(row)] = row
+    mask[i, :len(row)] = 1
+  return ids, mask
+
+
+def _decode(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class _Tokenize:
+  """Prefix, tokenize, truncate and bucket-pad text with an HF tokenizer."""
+
+  def __init__(self, tokenizer, buckets: Sequence[int]):
+    if tokenizer.pad_token_id is None:
+      raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
+    self.tokenizer = tokenizer
+    self.buckets = list(buckets)
+
+  def __call__(self, texts: Sequence[str], max_len: int,
+               prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """texts [N] -> ids, mask [N, L] with L the bucket of the longest (truncated) row."""
+    encoded = self.tokenizer([prefix + t for t in texts], truncation=True,
+                             max_length=max_len, padding=False)["input_ids"]
+    return pad_to_bucket(encoded, bucket_lengths(self.buckets, max_len),
+                         self.tokenizer.pad_token_id)
+
+
+def _ir_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
+  data, model = config.data, config.model
+  q_ids, q_mask = tokenize([_decode(r["query"]) for r in rows], data.max_query_len,
+                           model.query_prefix)
+  passages = [_decode(r["passage"]) for r in rows]
+  k = int(data.ir.num_negatives)
+  # Negatives share the passages' length Lp: pad all B * (1 + K) passages together.
+  negatives = [_decode(n) for r in rows for n in r["negatives"]] if k else []
+  p_ids, p_mask = tokenize(passages + negatives, data.max_passage_len, model.passage_prefix)
+  batch = {"query_ids": q_ids, "query_mask": q_mask,
+           "passage_ids": p_ids[:len(rows)], "passage_mask": p_mask[:len(rows)]}
+  if k:
+    shape = (len(rows), k, p_ids.shape[-1])
+    batch["negative_ids"] = p_ids[len(rows):].reshape(shape)
+    batch["negative_mask"] = p_mask[len(rows):].reshape(shape)
+  return batch
+
+
+def _parallel_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
+  n = len(rows)
+  # Both sides share one length L so that a step may embed them together.
+  texts = [_decode(r["src"]) for r in rows] + [_decode(r["tgt"]) for r in rows]
+  ids, mask = tokenize(texts, config.data.max_sentence_len, config.model.query_prefix)
+  return {"src_ids": ids[:n], "src_mask": mask[:n], "tgt_ids": ids[n:], "tgt_mask": mask[n:],
+          "src_lang": np.array([r["src_lang"] for r in rows], np.int32),
+          "tgt_lang": np.array([r["tgt_lang"] for r in rows], np.int32)}
+
+
+def _mono_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
+  ids, mask = tokenize([_decode(r["text"]) for r in rows], config.data.max_sentence_len,
+                       config.model.query_prefix)
+  return {"ids": ids, "mask": mask, "lang": np.array([r["lang"] for r in rows], np.int32)}
+
+
+_MAKE_BATCH = {"ir": _ir_batch, "parallel": _parallel_batch, "mono": _mono_batch}
+_BUILD = {"ir": builders.build_ir, "parallel": builders.build_parallel,
+          "mono": builders.build_mono}
+_BATCH_SIZE_KEY = {"ir": "batch_size", "parallel": "parallel_batch_size",
+                   "mono": "mono_batch_size"}
+
+
+def epoch_permutation(seed: int, stream: str, epoch: int, num_rows: int) -> np.ndarray:
+  """The order [num_rows] in which `stream` visits its rows in `epoch`."""
+  return np.random.default_rng([seed, STREAMS.index(stream), epoch]).permutation(num_rows)
+
+
+def global_positions(step: int, batch_size: int, num_rows: int, seed: int,
+                     stream: str) -> np.ndarray:
+  """Row indices [batch_size] of global batch `step`: positions [step*G, (step+1)*G) of
+  the endless sequence of epoch permutations."""
+  positions = np.arange(step * batch_size, (step + 1) * batch_size)
+  epochs, offsets = np.divmod(positions, num_rows)
+  rows = np.empty(batch_size, np.int64)
+  for epoch in np.unique(epochs):
+    perm = epoch_permutation(seed, stream, int(epoch), num_rows)
+    rows[epochs == epoch] = perm[offsets[epochs == epoch]]
+  return rows
+
+
+class TrainBatches:
+  """Endless, deterministic, host-sharded training batches with a resumable position.
+
+  Attributes:
+    streams: the active stream names, in batch order.
+    stats: per stream, the builders' counts {"rows", "skipped": {reason: n}, "files"}.
+  """
+
+  def __init__(self, config, tokenizer, *, seed: int, process_index: int = 0,
+               process_count: int = 1, workdir: str | None = None):
+    self.config = config
+    self.seed = int(seed)
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self.streams = active_streams(config)
+    if not self.streams:
+      raise ValueError("no stream to read: config.loss.ir_weight, semantic_weight, "
+                       "language_weight, xtr_weight and ems_contrastive_weight are all 0")
+    cache_dir = config.data.cache_dir or (f"{workdir}/data" if workdir else "")
+    if not cache_dir:
+      raise ValueError("config.data.cache_dir is empty and no workdir was given: "
+                       "nowhere to write the array_record files")
+    self.global_batch = {}
+    for name in self.streams:
+      size = int(config.train[_BATCH_SIZE_KEY[name]])
+      if size <= 0 or size % self.process_count:
+        raise ValueError(f"config.train.{_BATCH_SIZE_KEY[name]}={size}: expected a positive "
+                         f"multiple of the process count {self.process_count}")
+      self.global_batch[name] = size
+    built = {name: _BUILD[name](config, cache_dir) for name in self.streams}
+    self._sources = {name: b.source for name, b in built.items()}
+    self.stats = {name: b.stats for name, b in built.items()}
+    self._tokenize = _Tokenize(tokenizer, config.data.length_buckets)
+    self.step = 0
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    batch = {name: self._stream_batch(name, self.step) for name in self.streams}
+    self.step += 1
+    return batch
+
+  def _stream_batch(self, name: str, step: int) -> dict:
+    """This host's slice of global batch `step` of stream `name`, tokenized and padded."""
+    size = self.global_batch[name]
+    source = self._sources[name]
+    indices = global_positions(step, size, len(source), self.seed, name)
+    rows = source.__getitems__([int(i) for i in indices])
+    batch = _MAKE_BATCH[name](rows, self._tokenize, self.config)
+    local = size // self.process_count
+    start = self.process_index * local
+    return {key: value[start:start + local] for key, value in batch.items()}
+
+  def get_state(self) -> dict:
+    """A JSON-able position: the next step, and what it is valid for."""
+    return {"step": self.step, "seed": self.seed,
+            "rows": {name: len(s) for name, s in self._sources.items()},
+            "global_batch": dict(self.global_batch)}
+
+  def set_state(self, state: dict) -> None:
+    """Resumes at `state` (from `get_state`); the next batch is the one that would follow."""
+    mine = self.get_state()
+    for key in ("seed", "rows", "global_batch"):
+      if state.get(key) != mine[key]:
+        raise ValueError(f"input pipeline state has {key}={state.get(key)} but this pipeline "
+                         f"has {mine[key]}: it was saved with other data or config")
+    self.step = int(state["step"])
