@@ -98,6 +98,12 @@ class SkipLog:
     }
 
 
+def clean_text(text: str) -> str:
+  """`text` without surrounding whitespace and byte-order marks (a few XQuAD-R
+  sentences start with U+FEFF, left over from their source files)."""
+  return text.replace("\ufeff", "").strip()
+
+
 def _log_or_default(log):
   return log if log is not None else SkipLog()
 
@@ -229,7 +235,7 @@ def iter_squad_questions(path, *, log: SkipLog | None = None) -> Iterator[SquadQ
           continue
         log.keep(path)
         yield SquadQuestion(
-            id=str(qa.get("id", f"{i}.{j}.{k}")), question=question.strip(),
+            id=str(qa.get("id", f"{i}.{j}.{k}")), question=clean_text(question),
             context=context, sentence_breaks=breaks,
             answer_sentence=answer_sentence_span(breaks, *span),
             paragraph_index=paragraph_index)
@@ -249,11 +255,8 @@ def read_squad(path, *, target: str = "sentence",
   if target not in ("sentence", "paragraph"):
     raise DataError(f"config.data.ir.squad_target={target!r}: expected 'sentence' or 'paragraph'")
   for q in iter_squad_questions(path, log=log):
-    if target == "paragraph":
-      passage = q.context.strip()
-    else:
-      passage = q.context[q.answer_sentence[0]:q.answer_sentence[1]]
-    yield {"query": q.question, "passage": passage, "negatives": []}
+    start, end = (0, len(q.context)) if target == "paragraph" else q.answer_sentence
+    yield {"query": q.question, "passage": clean_text(q.context[start:end]), "negatives": []}
 
 
 @dataclasses.dataclass
@@ -291,8 +294,9 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
     if q.paragraph_index not in first_sentence:
       first_sentence[q.paragraph_index] = len(result.sentences)
       given = paragraphs[q.paragraph_index].get("sentences")
-      texts = (given if given and len(given) == len(q.sentence_breaks) else
-               [q.context[s:e] for s, e in q.sentence_breaks])
+      texts = [clean_text(t) for t in (
+          given if given and len(given) == len(q.sentence_breaks) else
+          [q.context[s:e] for s, e in q.sentence_breaks])]
       result.contexts.append(q.context)
       result.sentences.extend(texts)
       result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
@@ -308,7 +312,8 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
     if index in first_sentence or not isinstance(context, str) or not context.strip():
       continue
     breaks = paragraph.get("sentence_breaks") or split_sentences(context)
-    texts = paragraph.get("sentences") or [context[s:e] for s, e in breaks]
+    texts = [clean_text(t) for t in
+             paragraph.get("sentences") or [context[s:e] for s, e in breaks]]
     result.contexts.append(context)
     result.sentences.extend(texts)
     result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
@@ -347,7 +352,7 @@ def read_triples(path, *, num_negatives: int = 0,
     if len(fields) < need:
       log.skip(path, line_no, MISSING_COLUMN, f"{len(fields)} columns, expected >= {need}")
       continue
-    fields = [f.strip() for f in fields[:need]]
+    fields = [clean_text(f) for f in fields[:need]]
     if not all(fields):
       log.skip(path, line_no, EMPTY_TEXT, f"empty column {fields.index('') + 1}")
       continue
@@ -391,7 +396,7 @@ def read_parallel_tsv(path, *, languages: Sequence[str],
       log.skip(path, line_no, MISSING_COLUMN if len(fields) < 3 else MALFORMED,
                f"{len(fields)} columns, expected 3")
       continue
-    src, tgt = fields[1].strip(), fields[2].strip()
+    src, tgt = clean_text(fields[1]), clean_text(fields[2])
     if not src or not tgt:
       log.skip(path, line_no, EMPTY_TEXT, f"empty {'source' if not src else 'target'}")
       continue
@@ -417,7 +422,7 @@ def iter_aligned_lines(src_path, tgt_path, *,
     raise DataError(f"{src_path} has {len(src_lines)} lines but {tgt_path} has "
                     f"{len(tgt_lines)}: expected line-aligned files")
   for (line_no, src), (_, tgt) in zip(src_lines, tgt_lines):
-    src, tgt = src.strip(), tgt.strip()
+    src, tgt = clean_text(src), clean_text(tgt)
     if not src or not tgt:
       log.skip(src_path, line_no, EMPTY_TEXT,
                f"empty line in {src_path if not src else tgt_path}")
@@ -494,7 +499,7 @@ def read_mono(spec: str, *, languages: Sequence[str],
       log.skip(path, line_no, UNKNOWN_LANGUAGE,
                f"{code!r} not in config.data.languages={list(languages)}")
       continue
-    text = line.strip()
+    text = clean_text(line)
     if not text:
       log.skip(path, line_no, EMPTY_TEXT)
       continue
