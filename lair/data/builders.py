@@ -3,10 +3,12 @@
 No TensorFlow is needed: tfds 4.9 writes `array_record` files with its own
 serializer (`file_format="array_record"`) and reads them back with
 `builder.as_data_source()`, a random-access `ArrayRecordDataSource` whose items
-are dicts of numpy values (text features come back as UTF-8 `bytes`). What must
-be avoided is `tf.data` (`as_dataset`) and `dataset_info_from_configs`, which
-looks for package metadata: `_RowsBuilder._info` builds `tfds.core.DatasetInfo`
-directly.
+are dicts of numpy values (text features come back as UTF-8 `bytes`). Checked
+with tensorflow-datasets 4.9.10 and no TensorFlow installed. What must be avoided:
+`as_dataset` (tf.data: "Failed to import TensorFlow"); `dataset_info_from_configs`,
+which looks for package metadata files (`_info` builds `tfds.core.DatasetInfo`
+directly); and tfds's lookup of the builder's source folder through the
+`importlib_resources` backport, which is not installed (`_RowsBuilder.code_path`).
 
 One builder per stream, fed by the readers in `lair/data/readers.py`:
 

@@ -29,6 +29,7 @@ field in the *global* batch: every host pads to the same length, which
 `jax.make_array_from_process_local_data` needs. Each host therefore tokenizes the
 whole global batch (cheap next to the model) and keeps its slice.
 """
+import functools
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -142,9 +143,12 @@ _BATCH_SIZE_KEY = {"ir": "batch_size", "parallel": "parallel_batch_size",
                    "mono": "mono_batch_size"}
 
 
+@functools.lru_cache(maxsize=8)  # A step reuses its epoch's permutation (read-only).
 def epoch_permutation(seed: int, stream: str, epoch: int, num_rows: int) -> np.ndarray:
   """The order [num_rows] in which `stream` visits its rows in `epoch`."""
-  return np.random.default_rng([seed, STREAMS.index(stream), epoch]).permutation(num_rows)
+  order = np.random.default_rng([seed, STREAMS.index(stream), epoch]).permutation(num_rows)
+  order.setflags(write=False)  # Cached and shared.
+  return order
 
 
 def global_positions(step: int, batch_size: int, num_rows: int, seed: int,
