@@ -176,6 +176,8 @@ def _locate_answer(context: str, answers) -> tuple[int, int] | None:
   occurrence (SQuAD v1.1 dev's `answer_start` is the first occurrence anyway).
   """
   for answer in answers:
+    if not isinstance(answer, dict):
+      continue
     text, start = answer.get("text"), answer.get("answer_start")
     if not isinstance(text, str) or not text:
       continue
