@@ -155,6 +155,16 @@ def test_import_prefixed_sharded_and_bin_checkpoints(tmp_path):
     real = batch["attention_mask"].astype(bool)
     assert np.abs(np.asarray(ours) - ref)[real].max() <= 1e-4, name
 
+  # A bfloat16 checkpoint (NumPy has no bfloat16) imports as the same values in float32.
+  half = tmp_path / "bfloat16"
+  mlm.to(torch.bfloat16).save_pretrained(str(half))
+  tokenizer.save_pretrained(str(half))
+  _, params, _ = hf.load_hf(str(half))
+  kernel = params["layer_1"]["intermediate"]["kernel"]
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(
+      kernel, mlm.bert.encoder.layer[1].intermediate.dense.weight.detach().float().numpy().T)
+
 
 def cosine(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -253,6 +263,14 @@ def test_error_shapes_disagree_with_config(tmp_path):
   with pytest.raises(ValueError, match=r"model\.safetensors: tensor "
                                        r"'encoder\.layer\.0\.intermediate\.dense\.weight' has "
                                        r"shape \(96, 48\).*\(128, 48\)"):
+    hf.load_hf(str(directory))
+
+
+def test_error_directory_without_tokenizer(tmp_path):
+  directory, _, _ = save_checkpoint(tmp_path, "bert")
+  for f in directory.glob("tokenizer*"):
+    f.unlink()
+  with pytest.raises(FileNotFoundError, match=r"model: no tokenizer files.*tokenizer\.json"):
     hf.load_hf(str(directory))
 
 

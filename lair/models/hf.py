@@ -35,6 +35,8 @@ from lair.models import retriever
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model",
+                    "tokenizer.model", "vocab.json")
 _ARCHITECTURES = {"bert": "BertModel", "xlm-roberta": "XLMRobertaModel",
                   "roberta": "RobertaModel"}
 # HF config.json key -> EncoderConfig field.
@@ -119,9 +121,16 @@ def _read_tensors(weights_file: pathlib.Path) -> dict:
   """name -> np.ndarray (float32) from one safetensors / PyTorch file."""
   if weights_file.suffix == ".safetensors":
     with safetensors.safe_open(str(weights_file), framework="np") as f:
-      return {k: f.get_tensor(k) for k in f.keys()}
-  import torch  # pylint: disable=g-import-not-at-top  (only for legacy .bin checkpoints)
-  state = torch.load(str(weights_file), map_location="cpu", weights_only=True)
+      names = list(f.keys())
+      if not any("BF16" in str(f.get_slice(k).get_dtype()) for k in names):
+        return {k: f.get_tensor(k) for k in names}
+  # NumPy has no bfloat16: such safetensors, and legacy .bin checkpoints, are read by torch.
+  import torch  # pylint: disable=g-import-not-at-top
+  if weights_file.suffix == ".safetensors":
+    with safetensors.safe_open(str(weights_file), framework="pt") as f:
+      state = {k: f.get_tensor(k) for k in f.keys()}
+  else:
+    state = torch.load(str(weights_file), map_location="cpu", weights_only=True)
   return {k: v.float().numpy() for k, v in state.items()}
 
 
@@ -196,7 +205,15 @@ def load_hf(path_or_name: str):
   tensors, weights_file = _read_checkpoint(directory)
   params = encoder_params_from_torch(_strip_model_prefix(tensors, weights_file), config,
                                      str(weights_file))
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+  # transformers 5 silently builds an empty vocabulary (special tokens only) without these.
+  if not any((directory / f).exists() for f in _TOKENIZER_FILES):
+    raise FileNotFoundError(f"{directory}: no tokenizer files; expected one of "
+                            f"{list(_TOKENIZER_FILES)}.")
+  try:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{directory}: could not load a tokenizer with transformers.AutoTokenizer "
+                     f"(expected tokenizer.json or the files of a slow tokenizer): {e}") from e
   retriever.check_vocabulary(tokenizer, config, str(directory))
   return config, params, tokenizer
 
@@ -293,6 +310,9 @@ def export_hf(params, rcfg: retriever.RetrieverConfig, tokenizer, out_dir) -> pa
   tower in `out_dir/passage_encoder` (layout in the module docstring).
   """
   out = pathlib.Path(out_dir)
+  if not hasattr(tokenizer, "save_pretrained"):
+    raise TypeError(f"export_hf({str(out)!r}) needs a transformers tokenizer (with "
+                    f"save_pretrained), got {type(tokenizer).__name__}.")
   retriever.check_vocabulary(tokenizer, rcfg.encoder, f"export_hf({str(out)!r})")
   params = jax.device_get(params)
   _export_tower(retriever.encoder_params(params, "query"), params, rcfg, tokenizer, out)
