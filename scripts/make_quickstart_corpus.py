@@ -184,7 +184,8 @@ FACTS = {
               "Lo que más le gusta comer a {name} es {food}."],
              ["¿Cuál es la comida favorita de {name}?",
               "¿Qué es lo que más le gusta comer a {name}?"]),
-        fra=(["Le plat préféré de {name} est {food}.", "Ce que {name} préfère manger, c'est {food}."],
+        fra=(["Le plat préféré de {name} est {food}.",
+              "Ce que {name} préfère manger, c'est {food}."],
              ["Quel est le plat préféré de {name} ?", "Qu'est-ce que {name} préfère manger ?"])),
     "friend": dict(
         answer="friend",

@@ -81,6 +81,9 @@ def test_special_tokens_take_the_bert_ids(trained):
   assert short[0] == 2 and short[n - 1] == 3 and set(short[n:]) == {0}
   assert long_[0] == 2 and long_[-1] == 3 and 0 not in long_
   assert 2 not in short[1:n - 1] and 3 not in short[1:n - 1]
+  truncated = trained(SENTENCES[2], truncation=True, max_length=6)["input_ids"]
+  assert len(truncated) == 6 and truncated[0] == 2 and truncated[-1] == 3
+  assert truncated[1:5] == trained(SENTENCES[2])["input_ids"][1:5]
   pair = trained("Wo wohnt Ida?", "Ida wohnt in Tolven.")["input_ids"]
   assert pair[0] == 2 and pair.count(3) == 2 and pair[-1] == 3
 
