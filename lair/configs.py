@@ -63,6 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.semantic_weight = 0.0
   c.loss.language_weight = 0.0
   c.loss.language_form = "uniform_ce"  # "uniform_ce" | "squared_gap"
+  c.loss.language_inputs = "ir+mono"  # The z sentences: "ir" (queries, passages) | "mono" | both.
   c.loss.xtr_weight = 0.0  # EMS cross-lingual token reconstruction.
   c.loss.ems_contrastive_weight = 0.0  # EMS sentence contrastive on a 128-d projection.
   c.loss.ems_language_embedding_dim = 128

@@ -1,0 +1,383 @@
+"""The train step: embed every stream, score the objectives across the mesh, one optimiser update.
+
+Read top to bottom:
+
+1. `embedding_inputs` picks the texts the active objectives need (a term of weight 0 embeds
+   nothing): IR queries/passages/negatives, the two sides of parallel pairs, monolingual text.
+2. `embed_streams` embeds them under jit with every batch split along the `data` mesh axis; XLA
+   (GSPMD) runs the encoder data parallel and all-gathers FSDP-sharded params where needed.
+3. `objective_terms` runs under `shard_map`: each device all-gathers the *candidates* (passages,
+   negatives, translations) over `data` and scores the rows it holds against the global batch,
+   so every query sees every passage and negative of the global batch. Each term is
+   `psum(sum(local per-row losses)) / global_rows`, exactly the single-device mean; the gradient
+   is then the single-device gradient too (shard_map's transpose turns all_gather into a
+   reduce-scatter and psums the cotangents of the replicated objective params).
+4. `loss_and_grads` differentiates the weighted total, either straight through the encoder or,
+   with `train.grad_cache_chunk > 0`, with GradCache (Gao et al. 2021): embed the global batch in
+   chunks without keeping activations, take the loss's gradient w.r.t. the embeddings, then
+   re-run each chunk under a VJP to push that gradient into the params. Activation memory is one
+   chunk's instead of the whole batch's, and the result equals the plain gradient.
+5. `make_train_step` adds clipping/AdamW (optim.py) and returns the jitted step.
+
+The embedding function is passed in (`embed_fn(params, ids [N, L], mask [N, L], tower, rng) ->
+[N, D]`, unnormalised); the step L2-normalises for the contrastive terms (when
+`normalize=True`), while the EMS terms take the raw pooled vectors as EMS does.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from lair import losses
+from lair.models import pooling
+from lair.models import retriever
+from lair.train import mesh as mesh_lib
+
+DATA = mesh_lib.DATA_AXIS
+
+# Which inputs a z of the language term may come from (config key loss.language_inputs).
+LANGUAGE_INPUTS = ("ir", "mono", "ir+mono")
+
+# A fixed id per embedded input, so each one's dropout rng stays the same whatever else is on.
+_INPUT_IDS = {"query": 0, "passage": 1, "negative": 2, "src": 3, "tgt": 4, "mono": 5}
+
+EmbedFn = Callable[..., jax.Array]  # (params, ids [N, L], mask [N, L], tower, rng) -> [N, D]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. What to embed.
+# ------------------------------------------------------------------------------------------------
+
+
+def language_sources(loss_cfg) -> tuple[str, ...]:
+  """Streams whose sentences are the z of the language term: ("ir",), ("mono",) or both."""
+  kind = loss_cfg.get("language_inputs", "ir+mono")
+  if kind not in LANGUAGE_INPUTS:
+    raise ValueError(f"config.loss.language_inputs={kind!r}: expected one of {LANGUAGE_INPUTS}")
+  return tuple(kind.split("+"))
+
+
+def needed_streams(loss_cfg) -> dict[str, str]:
+  """{stream: why} for the batch streams the active objectives read."""
+  terms = losses.active_terms(loss_cfg)
+  needed = {}
+  if "ir" in terms:
+    needed["ir"] = "loss.ir_weight"
+  for term in ("semantic", "xtr", "ems_contrastive", "language"):
+    if term in terms:
+      needed.setdefault("parallel", f"loss.{term}_weight")
+  if "language" in terms and "mono" in language_sources(loss_cfg):
+    needed.setdefault("mono", "loss.language_weight with loss.language_inputs containing 'mono'")
+  return needed
+
+
+def embedding_inputs(batch: Mapping, loss_cfg) -> dict[str, tuple[Any, Any, str]]:
+  """{input name: (ids [N, L], mask [N, L], tower)} for the texts the active terms need.
+
+  Negatives [B, K, L] are flattened to [B*K, L] (row-major, so a device holding queries i..j
+  holds their negatives too). Parallel sentences and monolingual text use the query tower.
+  """
+  terms = losses.active_terms(loss_cfg)
+  needed = needed_streams(loss_cfg)
+  for stream, why in needed.items():
+    if stream not in batch:
+      raise ValueError(f"the batch has no {stream!r} stream, but {why} needs it "
+                       f"(streams present: {sorted(batch)})")
+  inputs = {}
+  ir = batch.get("ir")
+  if "ir" in needed or (ir is not None and "language" in terms
+                        and "ir" in language_sources(loss_cfg)):
+    inputs["query"] = (ir["query_ids"], ir["query_mask"], "query")
+    inputs["passage"] = (ir["passage_ids"], ir["passage_mask"], "passage")
+    if "ir" in terms and "negative_ids" in ir:
+      ids, mask = ir["negative_ids"], ir["negative_mask"]
+      inputs["negative"] = (ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]),
+                            "passage")
+  if "parallel" in needed:
+    par = batch["parallel"]
+    inputs["src"] = (par["src_ids"], par["src_mask"], "query")
+    inputs["tgt"] = (par["tgt_ids"], par["tgt_mask"], "query")
+  if "mono" in needed or ("mono" in batch and "language" in terms
+                          and "mono" in language_sources(loss_cfg)):
+    inputs["mono"] = (batch["mono"]["ids"], batch["mono"]["mask"], "query")
+  return inputs
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Embedding, plain or in GradCache chunks.
+# ------------------------------------------------------------------------------------------------
+
+
+def input_rng(rng, name: str, chunk: int = 0):
+  """The dropout rng of one input (and chunk); the same in GradCache's two passes."""
+  return jax.random.fold_in(jax.random.fold_in(rng, _INPUT_IDS[name]), chunk)
+
+
+def embed_streams(embed_fn: EmbedFn, params, inputs: Mapping, rng) -> dict:
+  """{name: [N, D]} embeddings of every input, in one pass each."""
+  return {name: embed_fn(params, ids, mask, tower, input_rng(rng, name))
+          for name, (ids, mask, tower) in inputs.items()}
+
+
+def chunk_layout(rows: int, axis_size: int, chunk: int) -> tuple[int, int]:
+  """(num_chunks, rows per device per chunk) for GradCache over `rows` global rows."""
+  local = rows // axis_size
+  per_device = min(chunk, local)
+  if local % per_device:
+    raise ValueError(f"config key train.grad_cache_chunk={chunk}: each device holds {local} "
+                     f"rows of an input, which chunks of {per_device} do not divide")
+  return local // per_device, per_device
+
+
+def to_chunks(x, axis_size: int, chunk: int):
+  """[N, ...] split along `data` -> [num_chunks, axis_size * c, ...].
+
+  Chunk i holds the i-th c rows of every device, so each chunk stays split along `data`
+  without moving rows between devices.
+  """
+  n, c = chunk_layout(x.shape[0], axis_size, chunk)
+  rest = x.shape[1:]
+  return x.reshape(axis_size, n, c, *rest).swapaxes(0, 1).reshape(n, axis_size * c, *rest)
+
+
+def from_chunks(y, axis_size: int):
+  """Inverse of `to_chunks`: [num_chunks, axis_size * c, ...] -> [N, ...]."""
+  n, rows = y.shape[:2]
+  rest = y.shape[2:]
+  c = rows // axis_size
+  return y.reshape(n, axis_size, c, *rest).swapaxes(0, 1).reshape(n * rows, *rest)
+
+
+def _chunked(inputs: Mapping, axis_size: int, chunk: int):
+  return {name: (to_chunks(ids, axis_size, chunk), to_chunks(mask, axis_size, chunk), tower)
+          for name, (ids, mask, tower) in inputs.items()}
+
+
+def embed_chunked(embed_fn: EmbedFn, params, chunks: Mapping, rng, axis_size: int) -> dict:
+  """GradCache's first pass: embeddings of every input, chunk by chunk, no activations kept."""
+  params = jax.lax.stop_gradient(params)
+  out = {}
+  for name, (ids, mask, tower) in chunks.items():
+    def body(_, xs, name=name, tower=tower):
+      i, ids_i, mask_i = xs
+      return None, embed_fn(params, ids_i, mask_i, tower, input_rng(rng, name, i))
+    _, emb = jax.lax.scan(body, None, (jnp.arange(ids.shape[0]), ids, mask))
+    out[name] = from_chunks(emb, axis_size)
+  return out
+
+
+def backprop_chunked(embed_fn: EmbedFn, params, chunks: Mapping, emb_grads: Mapping, rng,
+                     axis_size: int, chunk: int):
+  """GradCache's second pass: sum over chunks of VJP(embed chunk)(d loss / d embeddings)."""
+  grads = jax.tree.map(jnp.zeros_like, params)
+  for name, (ids, mask, tower) in chunks.items():
+    cotangents = to_chunks(emb_grads[name], axis_size, chunk)
+
+    def body(acc, xs, name=name, tower=tower):
+      i, ids_i, mask_i, cot_i = xs
+      _, vjp = jax.vjp(lambda p: embed_fn(p, ids_i, mask_i, tower, input_rng(rng, name, i)),
+                       params)
+      return jax.tree.map(jnp.add, acc, vjp(cot_i)[0]), None
+
+    grads, _ = jax.lax.scan(body, grads, (jnp.arange(ids.shape[0]), ids, mask, cotangents))
+  return grads
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. The objectives, per device under shard_map.
+# ------------------------------------------------------------------------------------------------
+
+
+def _gather(x):
+  """Local rows [b, ...] -> the global batch [B, ...], same order on every device."""
+  return jax.lax.all_gather(x, DATA, axis=0, tiled=True)
+
+
+def _global_mean(rows):
+  """psum(sum(local rows)) / global rows: the single-device mean of the per-row losses."""
+  return jax.lax.psum(jnp.sum(rows), DATA) / jax.lax.psum(rows.shape[0], DATA)
+
+
+def _positive_index(local_rows: int):
+  """[b] global index of each local row among the gathered candidates."""
+  return jax.lax.axis_index(DATA) * local_rows + jnp.arange(local_rows)
+
+
+def _symmetric(one_direction, x, y):
+  """Mean of both directions of a contrastive loss on local x, y [b, D]."""
+  idx = _positive_index(x.shape[0])
+  return 0.5 * (_global_mean(one_direction(x, _gather(y), positive_index=idx))
+                + _global_mean(one_direction(y, _gather(x), positive_index=idx)))
+
+
+def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *, loss_cfg,
+                    normalize: bool, special_ids: Sequence[int]) -> dict:
+  """Every active term's global mean, on one device's rows (call under shard_map over `data`).
+
+  Args:
+    emb: {input name: [b_name, D]} this device's (unnormalised) embeddings.
+    extras: this device's parallel token ids/masks and language ids (for XTR).
+    objective_params: replicated {"xtr_head", "ems_projection"} as the active terms need.
+    loss_cfg: config.loss.
+    normalize: L2-normalise embeddings for the contrastive terms (config.model.normalize).
+    special_ids: token ids XTR leaves out of its bags of tokens.
+
+  Returns:
+    {term: scalar} (unweighted), "loss" (the weighted total) and "ir_candidates" (how many
+    candidates each query was scored against: the global B * (1 + K)).
+  """
+  terms = losses.active_terms(loss_cfg)
+  unit = {name: pooling.l2_normalize(x) if normalize else x for name, x in emb.items()}
+  tau = loss_cfg.tau
+  out = {}
+  if "ir" in terms:
+    q, p = unit["query"], unit["passage"]
+    b, dim = q.shape
+    idx = _positive_index(b)
+    p_all = _gather(p)
+    n_all = None
+    if "negative" in unit:
+      n_all = _gather(unit["negative"].reshape(b, -1, dim))  # [B, K, D]
+    out["ir"] = _global_mean(losses.retrieval_infonce(
+        q, p_all, n_all, positive_index=idx, tau=tau, margin=loss_cfg.ir_margin))
+    if loss_cfg.ir_bidirectional:
+      out["ir"] = 0.5 * (out["ir"] + _global_mean(losses.passage_to_query_infonce(
+          p, _gather(q), positive_index=idx, tau=tau, margin=loss_cfg.ir_margin)))
+    candidates = p_all.shape[0] + (0 if n_all is None else n_all.shape[0] * n_all.shape[1])
+    out["ir_candidates"] = jnp.float32(candidates)
+  if "semantic" in terms:
+    out["semantic"] = _symmetric(functools.partial(losses.semantic_contrastive_loss, tau=tau),
+                                 unit["src"], unit["tgt"])
+  if "language" in terms:
+    z = jnp.concatenate([unit[n] for n in ("query", "passage", "mono") if n in unit], axis=0)
+    out["language"] = _global_mean(losses.language_contrastive_loss(
+        z, _gather(unit["src"]), _gather(unit["tgt"]), tau=tau, form=loss_cfg.language_form))
+  if "xtr" in terms:
+    out["xtr"] = _global_mean(losses.xtr_loss(
+        objective_params["xtr_head"], emb["src"], emb["tgt"], extras["src_ids"],
+        extras["src_mask"], extras["tgt_ids"], extras["tgt_mask"], extras["src_lang"],
+        extras["tgt_lang"], special_ids=special_ids))
+  if "ems_contrastive" in terms:
+    out["ems_contrastive"] = _symmetric(
+        functools.partial(losses.ems_sentence_contrastive_loss,
+                          objective_params["ems_projection"], tau=loss_cfg.ems_tau),
+        emb["src"], emb["tgt"])
+  out["loss"] = sum(weight * out[name] for name, weight in terms.items())
+  return out
+
+
+def init_objective_params(loss_cfg, rng, *, embedding_dim: int, num_languages: int,
+                          vocab_size: int) -> dict:
+  """Params of the EMS heads the active terms train ({} when none is on)."""
+  terms = losses.active_terms(loss_cfg)
+  xtr_rng, proj_rng = jax.random.split(rng)
+  params = {}
+  if "xtr" in terms:
+    params["xtr_head"] = losses.init_xtr_head(
+        xtr_rng, embedding_dim, num_languages, vocab_size, loss_cfg.ems_language_embedding_dim)
+  if "ems_contrastive" in terms:
+    params["ems_projection"] = losses.init_ems_projection(
+        proj_rng, embedding_dim, loss_cfg.ems_projection_dim)
+  return params
+
+
+def _xtr_extras(batch: Mapping, loss_cfg) -> dict:
+  """The per-row arrays XTR reads besides embeddings (token bags, languages)."""
+  if "xtr" not in losses.active_terms(loss_cfg):
+    return {}
+  par = batch["parallel"]
+  return {k: par[k] for k in ("src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_lang",
+                              "tgt_lang")}
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Loss and gradients.
+# ------------------------------------------------------------------------------------------------
+
+
+def make_loss_and_grads(loss_cfg, embed_fn: EmbedFn, mesh: Mesh, *, normalize: bool = True,
+                        grad_cache_chunk: int = 0, special_ids: Sequence[int] = ()):
+  """fn(trainable, batch, rng) -> (metrics, grads), to be called under jit.
+
+  `trainable` is {"retriever": params, "objectives": params}; `batch` holds global arrays split
+  along `data` (mesh.put_batch); metrics are the per-term means, "loss" and "ir_candidates".
+  """
+  terms_fn = functools.partial(objective_terms, loss_cfg=loss_cfg, normalize=normalize,
+                               special_ids=tuple(special_ids))
+  sharded_terms = jax.shard_map(terms_fn, mesh=mesh, in_specs=(P(DATA), P(DATA), P()),
+                                out_specs=P())
+  axis_size = mesh.shape[DATA]
+
+  def loss_from_embeddings(emb, objective_params, extras):
+    metrics = sharded_terms(emb, extras, objective_params)
+    return metrics["loss"], metrics
+
+  def plain(trainable, batch, rng):
+    inputs = embedding_inputs(batch, loss_cfg)
+    extras = _xtr_extras(batch, loss_cfg)
+
+    def total(trainable):
+      emb = embed_streams(embed_fn, trainable["retriever"], inputs, rng)
+      return loss_from_embeddings(emb, trainable["objectives"], extras)
+
+    (_, metrics), grads = jax.value_and_grad(total, has_aux=True)(trainable)
+    return metrics, grads
+
+  def grad_cache(trainable, batch, rng):
+    inputs = embedding_inputs(batch, loss_cfg)
+    extras = _xtr_extras(batch, loss_cfg)
+    chunks = _chunked(inputs, axis_size, grad_cache_chunk)
+    emb = embed_chunked(embed_fn, trainable["retriever"], chunks, rng, axis_size)
+    (_, metrics), (emb_grads, objective_grads) = jax.value_and_grad(
+        loss_from_embeddings, argnums=(0, 1), has_aux=True)(emb, trainable["objectives"], extras)
+    retriever_grads = backprop_chunked(embed_fn, trainable["retriever"], chunks, emb_grads, rng,
+                                       axis_size, grad_cache_chunk)
+    return metrics, {"retriever": retriever_grads, "objectives": objective_grads}
+
+  return grad_cache if grad_cache_chunk > 0 else plain
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. The jitted train step.
+# ------------------------------------------------------------------------------------------------
+
+
+def make_train_step(loss_and_grads, optimizer: optax.GradientTransformation,
+                    schedule: Callable, state_sharding, mesh: Mesh):
+  """jit(step)(state, batch) -> (state, metrics).
+
+  state: {"step": int32 [], "params": trainable, "opt_state", "rng": the run's base key}. Each
+  step's rng is `fold_in(rng, step)`, so a resumed run draws the same dropout as an unbroken one.
+  """
+  def step(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    metrics, grads = loss_and_grads(state["params"], batch, rng)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                   learning_rate=schedule(state["step"]))
+    new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return jax.jit(step, out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+                 donate_argnums=0)
+
+
+def shape_signature(batch: Mapping) -> tuple:
+  """The shapes that decide whether the step compiles again: ((path, shape), ...)."""
+  leaves = jax.tree_util.tree_flatten_with_path(batch)[0]
+  return tuple((jax.tree_util.keystr(path), tuple(x.shape)) for path, x in leaves)
+
+
+def make_embed_fn(rcfg, *, train: bool = True) -> EmbedFn:
+  """embed_fn for the step: lair's retriever `embed`, unnormalised (the step normalises)."""
+  raw = dataclasses.replace(rcfg, normalize=False)
+
+  def embed_fn(params, ids, mask, tower, rng):
+    return retriever.embed(params, ids, mask, rcfg=raw, tower=tower, train=train, rng=rng)
+
+  return embed_fn
