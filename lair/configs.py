@@ -5,6 +5,11 @@ it starts from `default_config()` below and changes what it needs. On the comman
 (`--config=configs/x.py[:arg] --config.train.steps=100`) an override of a key that the schema does
 not have is an error naming the key, since ConfigDicts are locked after loading.
 """
+import ast
+import importlib.util
+import os
+from typing import Sequence
+
 import ml_collections
 
 
@@ -104,3 +109,104 @@ def default_config() -> ml_collections.ConfigDict:
       dimensions_per_block=2, anisotropic_quantization_threshold=0.2, reorder=100))
   c.eval.select_best = ""  # Metric key ("xquad-r/map@20/mean") that picks the best checkpoint.
   return c
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading a config file and applying command-line overrides.
+# ------------------------------------------------------------------------------------------------
+
+
+def _import_config_file(path: str):
+  """Imports `path` as a module (the repository stays importable: configs import lair)."""
+  spec = importlib.util.spec_from_file_location(f"lair_config_{abs(hash(path))}", path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(f"--config={path}: no such config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"--config={path}: the file defines no get_config(arg=None)")
+  return module
+
+
+def _parse_value(key: str, text: str, current):
+  """`text` as the type of the key's current value (bool, int, float, str, list, tuple)."""
+  def fail(expected):
+    return ValueError(f"--config.{key}={text}: expected {expected} (the current value is "
+                      f"{current!r})")
+
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise fail("true or false")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise fail("an integer") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise fail("a number") from None
+  if isinstance(current, str):
+    return text
+  if isinstance(current, (list, tuple)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):  # a,b,c: a list of strings.
+      value = [t.strip() for t in text.split(",") if t.strip()]
+    if isinstance(value, (str, int, float)) or value is None:
+      value = [value] if value is not None else []
+    if not isinstance(value, (list, tuple)):
+      raise fail("a list, e.g. [1, 2] or a,b")
+    return type(current)(value)
+  if isinstance(current, ml_collections.ConfigDict):
+    raise fail("a leaf key; set its fields one by one, e.g. --config.{key}.NAME=VALUE")
+  try:  # None or another type: a Python literal, else the string.
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+  """Applies one `--config.a.b=value` (or `a.b=value`); an unknown key is an error naming it."""
+  text = override[len("--config."):] if override.startswith("--config.") else override
+  if "=" not in text:
+    raise ValueError(f"{override}: expected --config.KEY=VALUE")
+  key, value = text.split("=", 1)
+  node, parts = config, key.split(".")
+  for depth, part in enumerate(parts):
+    parent = ".".join(["config", *parts[:depth]])
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      raise KeyError(f"--config.{key}: unknown config key {part!r} in {parent} "
+                     f"(it has: {', '.join(known)})")
+    if depth < len(parts) - 1:
+      node = node[part]
+  with node.unlocked():
+    node[parts[-1]] = _parse_value(key, value, node[parts[-1]])
+
+
+def load_config(path_with_arg: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """`configs/NAME.py[:ARG]` -> its get_config(ARG), overrides applied, then locked.
+
+  Args:
+    path_with_arg: a config file path, optionally followed by `:ARG` passed to get_config.
+    overrides: `--config.a.b=VALUE` strings (the `--config.` prefix is optional); values are
+      parsed as the key's current type (lists as Python literals or comma-separated).
+
+  Returns:
+    The locked ConfigDict (adding a key afterwards is an error).
+  """
+  path, _, arg = path_with_arg.partition(":")
+  module = _import_config_file(path)
+  config = module.get_config(arg) if arg else module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise TypeError(f"--config={path}: get_config() returned {type(config).__name__}; "
+                    f"expected an ml_collections.ConfigDict")
+  for override in overrides:
+    apply_override(config, override)
+  config.lock()
+  return config
