@@ -135,3 +135,27 @@ def test_load_config_overrides():
     configs.load_config(CONFIG, ["--config.model.nope=1"])
   with pytest.raises(ValueError, match="--config.train.steps=abc: expected an integer"):
     configs.load_config(CONFIG, ["--config.train.steps=abc"])
+
+
+def test_export_loads_in_transformers_and_matches(tmp_path, unbroken_run):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from lair import export  # pylint: disable=g-import-not-at-top
+  from lair.models import retriever  # pylint: disable=g-import-not-at-top
+
+  out = export.export(str(unbroken_run), str(tmp_path / "hf"), step=40)
+  model = transformers.AutoModel.from_pretrained(out).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  texts = ["Where is the library?", "Wo ist die Bibliothek?", "la biblioteca"]
+  tokens = tokenizer(texts, padding=True, return_tensors="pt")
+  with torch.no_grad():
+    hidden = model(**tokens).last_hidden_state
+  mask = tokens["attention_mask"][..., None].float()
+  expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+
+  # The same texts through lair with the checkpoint's params (step 40, not the latest).
+  rcfg, _ = checkpoint_lib.load_model_files(str(unbroken_run))
+  _, params = checkpoint_lib.Checkpoints(str(unbroken_run)).restore_params(40)
+  ours = retriever.embed(params["retriever"], tokens["input_ids"].numpy(),
+                         tokens["attention_mask"].numpy(), rcfg=rcfg)
+  np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)

@@ -13,13 +13,11 @@ import os
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from lair.models import bert
 from lair.models import retriever
-
-ITEMS = ("params", "train", "data")
-
 
 def split_state(state: dict) -> tuple[Any, dict]:
   """state -> (params item, train item)."""
@@ -38,7 +36,9 @@ class Checkpoints:
   def __init__(self, workdir: str, *, keep: int = 3):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    handlers = {"params": ocp.StandardCheckpointHandler(),
+                "train": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -67,14 +67,19 @@ class Checkpoints:
     return dict(restored["train"], params=restored["params"]), restored["data"]
 
   def restore_params(self, step: Optional[int] = None) -> tuple[int, Any]:
-    """(step, params item as saved) without the optimiser state: for export/evaluation."""
+    """(step, params item as host numpy arrays), without the optimiser state.
+
+    For export and evaluation: works on any device count, whatever mesh saved it.
+    """
     step = self.latest_step() if step is None else step
     if step is None or step not in self.all_steps():
       raise FileNotFoundError(f"{self.directory}: no checkpoint at step {step} "
                               f"(saved steps: {self.all_steps()})")
+    metadata = self.manager.item_metadata(step)["params"]
+    as_numpy = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore()))
-    return step, restored["params"]
+        params=ocp.args.StandardRestore(as_numpy)))
+    return step, jax.tree.map(np.asarray, restored["params"])
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -1,0 +1,45 @@
+"""Export a trained run as a Hugging Face / sentence-transformers directory.
+
+    python -m lair.export --workdir RUN_DIR --out DIR [--step N]
+
+Restores the retriever params of the latest checkpoint (or step N) of a `python -m lair.train`
+workdir, rebuilds the model from the workdir's model.json and tokenizer/, and writes them with
+`lair.models.hf.export_hf` (transformers.AutoModel and SentenceTransformer load the result).
+"""
+import argparse
+import os
+import pathlib
+import sys
+from typing import Optional
+
+from lair.models import hf
+from lair.train import checkpoint as checkpoint_lib
+
+
+def export(workdir: str, out: str, step: Optional[int] = None) -> pathlib.Path:
+  """Writes checkpoint `step` (default: latest) of `workdir` to `out`; returns out's path."""
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"--workdir={workdir}: no checkpoints/ folder; expected the "
+                            f"workdir of a `python -m lair.train` run")
+  rcfg, tokenizer = checkpoint_lib.load_model_files(workdir)
+  if tokenizer is None:
+    raise FileNotFoundError(f"--workdir={workdir}: no tokenizer/ folder; export needs the "
+                            f"run's tokenizer (runs whose config trains or imports one save it)")
+  step, params = checkpoint_lib.Checkpoints(workdir).restore_params(step)
+  path = hf.export_hf(params["retriever"], rcfg, tokenizer, out)
+  print(f"exported step {step} of {workdir} to {path}", flush=True)
+  return path
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m lair.export", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", required=True, help="a lair training workdir")
+  parser.add_argument("--out", required=True, help="the Hugging Face directory to write")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  export(args.workdir, args.out, args.step)
+
+
+if __name__ == "__main__":
+  main()
