@@ -1,0 +1,162 @@
+"""The train step's parts: GradCache equals plain backprop, chunk layout, inputs, optimiser."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import sharded_check  # pylint: disable=g-bad-import-order  (tests/ is on sys.path)
+from lair import configs
+from lair import losses
+from lair.models import pooling
+from lair.train import mesh as mesh_lib
+from lair.train import optim
+from lair.train import step as step_lib
+from test_sharded import run_check
+
+
+@pytest.fixture(scope="module")
+def grad_cache_results():
+  return run_check(["gradcache1:all", "gradcache2:ir"])
+
+
+@pytest.mark.parametrize("case", ["gradcache1:all", "gradcache2:ir"])
+def test_grad_cache_equals_plain_on_8_devices(grad_cache_results, case):
+  r = grad_cache_results[case]
+  assert r["devices"] == 8
+  assert r["loss_error"] < 1e-5, r
+  assert r["grad_error"] < 1e-5, r
+
+
+def test_grad_cache_replays_the_same_dropout():
+  """With dropout on, GradCache's gradient is that of the chunked forward it ran.
+
+  The reference embeds chunk i with `input_rng(rng, name, i)` and differentiates straight
+  through; if GradCache's second pass drew other dropout masks than its first, they would differ.
+  """
+  chunk = 8
+  lcfg = sharded_check.loss_config(**sharded_check.OBJECTIVES["semantic"])
+  rcfg = sharded_check.tiny_rcfg(0.2)
+  trainable = sharded_check.init_trainable(rcfg, lcfg)
+  batch = sharded_check.random_batch(2)
+  rng = jax.random.PRNGKey(5)
+  metrics, grads = sharded_check.sharded_loss_and_grads(
+      trainable, batch, rng, rcfg=rcfg, lcfg=lcfg, devices=1, grad_cache_chunk=chunk)
+  embed_fn = step_lib.make_embed_fn(rcfg)
+  par = batch["parallel"]
+
+  def chunked_embed(params, name, ids, mask):
+    parts = [embed_fn(params, ids[s:s + chunk], mask[s:s + chunk], "query",
+                      step_lib.input_rng(rng, name, s // chunk))
+             for s in range(0, ids.shape[0], chunk)]
+    return pooling.l2_normalize(jnp.concatenate(parts))
+
+  def loss(trainable):
+    x = chunked_embed(trainable["retriever"], "src", par["src_ids"], par["src_mask"])
+    y = chunked_embed(trainable["retriever"], "tgt", par["tgt_ids"], par["tgt_mask"])
+    return losses.symmetric_semantic_contrastive_loss(x, y, tau=lcfg.tau)
+
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss))(trainable)
+  np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=1e-5)
+  assert sharded_check.relative_error(grads, ref_grads) < 1e-5
+
+
+def test_chunk_layout_keeps_rows_on_their_device():
+  x = np.arange(2 * 6).reshape(12, 1)  # 2 devices x 6 rows, chunks of 3 rows per device.
+  chunks = step_lib.to_chunks(x, axis_size=2, chunk=3)
+  assert chunks.shape == (2, 6, 1)
+  # Chunk 0 = the first 3 rows of device 0 (rows 0-2) then of device 1 (rows 6-8).
+  np.testing.assert_array_equal(chunks[0, :, 0], [0, 1, 2, 6, 7, 8])
+  np.testing.assert_array_equal(step_lib.from_chunks(chunks, axis_size=2), x)
+  with pytest.raises(ValueError, match="train.grad_cache_chunk=4"):
+    step_lib.to_chunks(x, axis_size=2, chunk=4)
+
+
+def test_embedding_inputs_follow_the_weights():
+  batch = sharded_check.random_batch()
+  lcfg = sharded_check.loss_config(ir_weight=1.0)
+  inputs = step_lib.embedding_inputs(batch, lcfg)
+  assert sorted(inputs) == ["negative", "passage", "query"]
+  assert inputs["negative"][0].shape == (sharded_check.B * sharded_check.K, sharded_check.L)
+  lcfg = sharded_check.loss_config(ir_weight=0.0, language_weight=1.0, language_inputs="mono")
+  assert sorted(step_lib.embedding_inputs(batch, lcfg)) == ["mono", "src", "tgt"]
+  del batch["parallel"]
+  with pytest.raises(ValueError, match="no 'parallel' stream, but loss.language_weight"):
+    step_lib.embedding_inputs(batch, lcfg)
+
+
+def test_train_step_updates_and_logs_each_term():
+  lcfg = sharded_check.loss_config(**sharded_check.OBJECTIVES["all"])
+  rcfg = sharded_check.tiny_rcfg(0.0)
+  trainable = sharded_check.init_trainable(rcfg, lcfg)
+  train_cfg = configs.default_config().train
+  train_cfg.update(learning_rate=1e-3, warmup_steps=0, steps=10)
+  mask = jax.tree.map(lambda _: True, trainable)
+  optimizer, schedule = optim.make_optimizer(train_cfg, mask)
+  mesh = mesh_lib.make_mesh(1)
+  state = {"step": jnp.int32(0), "params": trainable, "opt_state": optimizer.init(trainable),
+           "rng": jax.random.PRNGKey(0)}
+  shardings = mesh_lib.state_shardings(state, mesh)
+  loss_and_grads = step_lib.make_loss_and_grads(
+      lcfg, step_lib.make_embed_fn(rcfg), mesh, special_ids=sharded_check.SPECIAL_IDS)
+  train_step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)
+  batch = mesh_lib.put_batch(sharded_check.random_batch(), mesh)
+  state, metrics = train_step(jax.device_put(state, shardings), batch)
+  assert int(state["step"]) == 1
+  assert set(metrics) >= {"ir", "semantic", "language", "xtr", "ems_contrastive", "loss",
+                          "grad_norm", "learning_rate"}
+  weights = losses.active_terms(lcfg)
+  np.testing.assert_allclose(metrics["loss"], sum(w * metrics[t] for t, w in weights.items()),
+                             rtol=1e-6)
+  _, metrics2 = train_step(state, batch)
+  assert metrics2["loss"] < metrics["loss"]  # One AdamW step on the same batch helps.
+
+
+def test_weight_decay_and_frozen_embeddings():
+  params = {"encoder": {"embeddings": {"word_embeddings": {"embedding": jnp.ones((5, 4))},
+                                       "LayerNorm": {"scale": jnp.ones(4), "bias": jnp.ones(4)}},
+                        "layer_0": {"intermediate": {"kernel": jnp.ones((4, 4)),
+                                                     "bias": jnp.ones(4)}}}}
+  decay = optim.weight_decay_mask(params)["encoder"]
+  assert decay["layer_0"]["intermediate"] == {"kernel": True, "bias": False}
+  assert decay["embeddings"]["LayerNorm"] == {"scale": False, "bias": False}
+  assert decay["embeddings"]["word_embeddings"]["embedding"]
+
+  train_cfg = configs.default_config().train
+  train_cfg.update(learning_rate=0.1, warmup_steps=0, steps=10, weight_decay=0.5, clip_norm=0.)
+  trainable = jax.tree.map(lambda _: True, params)
+  trainable["encoder"]["embeddings"]["word_embeddings"]["embedding"] = False
+  optimizer, _ = optim.make_optimizer(train_cfg, trainable)
+  grads = jax.tree.map(jnp.zeros_like, params)  # Zero gradient: only weight decay moves.
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  new = optax.apply_updates(params, updates)["encoder"]
+  lr_decay = 0.1 * 0.5  # AdamW: p -= lr * wd * p when the Adam step is 0.
+  np.testing.assert_allclose(new["layer_0"]["intermediate"]["kernel"], 1 - lr_decay)
+  np.testing.assert_allclose(new["layer_0"]["intermediate"]["bias"], 1.0)
+  np.testing.assert_allclose(new["embeddings"]["LayerNorm"]["scale"], 1.0)
+  np.testing.assert_allclose(new["embeddings"]["word_embeddings"]["embedding"], 1.0)  # Frozen.
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine", "constant"])
+def test_learning_rate_schedule(decay):
+  train_cfg = configs.default_config().train
+  train_cfg.update(learning_rate=2.0, warmup_steps=10, steps=110, decay=decay)
+  schedule = optim.learning_rate_schedule(train_cfg)
+  np.testing.assert_allclose(schedule(0), 0.0)
+  np.testing.assert_allclose(schedule(5), 1.0)
+  np.testing.assert_allclose(schedule(10), 2.0)
+  expected_mid = {"linear": 1.0, "cosine": 1.0, "constant": 2.0}[decay]
+  np.testing.assert_allclose(schedule(60), expected_mid, rtol=1e-5)
+  expected_end = {"linear": 0.0, "cosine": 0.0, "constant": 2.0}[decay]
+  np.testing.assert_allclose(schedule(110), expected_end, atol=1e-6)
+
+
+def test_fsdp_spec_shards_big_arrays_only():
+  spec = functools.partial(mesh_lib.fsdp_spec, axis_size=8, min_size=1000)
+  assert spec((250000, 384)) == jax.sharding.PartitionSpec("data", None)
+  assert spec((250002, 384)) == jax.sharding.PartitionSpec(None, "data")  # 250002 % 8 != 0.
+  assert spec((384, 1536)) == jax.sharding.PartitionSpec(None, "data")
+  assert spec((384,)) == jax.sharding.PartitionSpec()  # Too small.
+  assert spec((1001, 3)) == jax.sharding.PartitionSpec()  # No dimension divisible by 8.
