@@ -82,6 +82,10 @@ def test_embedding_inputs_follow_the_weights():
   assert inputs["negative"][0].shape == (sharded_check.B * sharded_check.K, sharded_check.L)
   lcfg = sharded_check.loss_config(ir_weight=0.0, language_weight=1.0, language_inputs="mono")
   assert sorted(step_lib.embedding_inputs(batch, lcfg)) == ["mono", "src", "tgt"]
+  lcfg = sharded_check.loss_config(ir_weight=0.0, language_weight=1.0, language_inputs="ir")
+  del batch["ir"]
+  with pytest.raises(ValueError, match="language_inputs='ir': none of those streams"):
+    step_lib.embedding_inputs(batch, lcfg)
   del batch["parallel"]
   with pytest.raises(ValueError, match="no 'parallel' stream, but loss.language_weight"):
     step_lib.embedding_inputs(batch, lcfg)

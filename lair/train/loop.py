@@ -92,11 +92,13 @@ class MetricWriter:
     filled = int(20 * step / max(self.total_steps, 1))
     return f"[{'#' * filled}{'.' * (20 - filled)}] {step}/{self.total_steps}"
 
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+  def write(self, step: int, scalars: Mapping[str, float], *, echo: bool = True) -> None:
+    """Logs `scalars` at `step`; echo=False keeps them off stdout (evaluation prints a table)."""
     if not self.active or not scalars:
       return
-    text = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
-    print(f"{self.progress(step)} {text}", flush=True)
+    if echo:
+      text = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
+      print(f"{self.progress(step)} {text}", flush=True)
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
     if self.tensorboard is not None:
@@ -172,7 +174,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   shardings = mesh_lib.state_shardings(state, mesh, fsdp=config.mesh.fsdp,
                                        min_size=config.mesh.fsdp_min_size)
   state = jax.device_put(state, shardings)
-  print(f"model: {summarize_params(state['params'])} on a mesh of {mesh.shape} devices",
+  print(f"model: {summarize_params(state['params'])} on a mesh of {dict(mesh.shape)} devices",
         flush=True)
 
   if batches is None:
@@ -238,11 +240,14 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         checkpoints.save(done, state, batches.get_state())
         last_checkpoint = done
       if eval_now and done != total:
-        writer.write(done, maybe_evaluate(config, state, rcfg, tokenizer, workdir, done))
+        writer.write(done, maybe_evaluate(config, state, rcfg, tokenizer, workdir, done),
+                     echo=False)
+        tick = time.time()  # Evaluation time is not training throughput.
     if pending is not None:
       check_finite(*pending, last_checkpoint)
     if first < total:
-      writer.write(total, maybe_evaluate(config, state, rcfg, tokenizer, workdir, total))
+      writer.write(total, maybe_evaluate(config, state, rcfg, tokenizer, workdir, total),
+                   echo=False)
   finally:
     checkpoints.wait()
     checkpoints.close()

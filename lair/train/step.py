@@ -104,6 +104,11 @@ def embedding_inputs(batch: Mapping, loss_cfg) -> dict[str, tuple[Any, Any, str]
   if "mono" in needed or ("mono" in batch and "language" in terms
                           and "mono" in language_sources(loss_cfg)):
     inputs["mono"] = (batch["mono"]["ids"], batch["mono"]["mask"], "query")
+  if "language" in terms and not {"query", "mono"} & set(inputs):
+    raise ValueError(
+        f"config.loss.language_inputs={loss_cfg.get('language_inputs', 'ir+mono')!r}: none of "
+        f"those streams is in the batch (present: {sorted(batch)}); the input pipeline reads "
+        f"'ir' only when loss.ir_weight > 0 and 'mono' only when data.mono.paths is set")
   return inputs
 
 
@@ -225,6 +230,15 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *,
     loss_cfg: config.loss.
     normalize: L2-normalise embeddings for the contrastive terms (config.model.normalize).
     special_ids: token ids XTR leaves out of its bags of tokens.
+
+  The terms (each a global mean over rows):
+    ir: query -> (all passages + all hard negatives) InfoNCE; with loss.ir_bidirectional the
+      mean of that and passage -> all queries.
+    semantic: mean of both directions, src -> all tgt and tgt -> all src.
+    language: z = the IR queries and passages and/or the monolingual sentences
+      (loss.language_inputs, whichever are in the batch) against all parallel pairs.
+    xtr: EMS token reconstruction per parallel pair (no candidates to gather).
+    ems_contrastive: EMS's projected contrastive loss, mean of both directions.
 
   Returns:
     {term: scalar} (unweighted), "loss" (the weighted total) and "ir_candidates" (how many
