@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -79,20 +78,16 @@ def test_loss_falls_and_logs(unbroken_run):
 
 def test_killed_run_resumes_to_the_same_params(tmp_path, unbroken_run, cache):
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(train_command(workdir, cache), cwd=REPO, env=env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  try:
-    deadline = time.time() + 300
-    # Kill (SIGKILL: no clean-up) once step 20 is committed, well before step 50.
-    while not (workdir / "checkpoints" / "20").is_dir():
-      assert proc.poll() is None, "training ended before it could be killed"
-      assert time.time() < deadline, "no checkpoint at step 20 within 300 s"
-      time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-  finally:
-    proc.wait()
+  # SIGKILL (no clean-up) when batch 27 is asked for: after the checkpoint at step 20 was
+  # started (it is asynchronous, so step 10 may be the last one committed).
+  command = train_command(workdir, cache)
+  command[1:3] = [str(REPO / "tests" / "train_and_die.py")]
+  proc = subprocess.run(command, cwd=REPO, env=dict(env(), LAIR_DIE_AT_BATCH="27"),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert "[##########..........] 25/50" in proc.stdout  # It did train up to there.
   killed_at = checkpoint_lib.Checkpoints(str(workdir)).latest_step()
-  assert 20 <= killed_at < STEPS
+  assert killed_at in (10, 20)
   resumed = run_training(workdir, cache)
   assert f"resumed from {workdir / 'checkpoints'}/{killed_at}" in resumed.stdout
   step, params = final_params(workdir)
