@@ -45,6 +45,9 @@ def test_scann_settings_scale_with_the_pool_and_respect_the_config():
   s = search.scann_settings(10_000, 20)
   assert s["num_leaves"] == 100 and s["num_leaves_to_search"] == 50
   assert s["training_sample_size"] == 10_000 and s["reorder"] == 100
+  small = search.scann_settings(300, 20)  # Pruning a small pool saves little: search it all.
+  assert small["num_leaves"] == 17 and small["num_leaves_to_search"] == 17
+  assert search.scann_settings(8_000, 20)["num_leaves_to_search"] == 56  # 89 * 5000 / 8000.
   big = search.scann_settings(4_000_000, 200)
   assert big["num_leaves"] == 2000 and big["training_sample_size"] == 100_000
   assert big["reorder"] == 200

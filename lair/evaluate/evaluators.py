@@ -156,6 +156,12 @@ def _depth(names: Sequence[str], top_k: int) -> int:
   return max([top_k] + [int(n.partition("@")[2]) for n in names if "@" in n])
 
 
+def _ranked(searcher: Searcher, queries: np.ndarray, db: np.ndarray, depth: int) -> np.ndarray:
+  """`[Q, depth]` candidate ids, best first; -1 pads past the end of a pool smaller than depth."""
+  _, ranked = searcher(queries, db, depth)
+  return np.pad(ranked, ((0, 0), (0, depth - ranked.shape[1])), constant_values=-1)
+
+
 def evaluate_lareqa(spec: Mapping, encoders: Encoders, searcher: Searcher,
                     top_k: int) -> Dict[str, float]:
   """Every question against every sentence of every language; means per question language."""
@@ -163,7 +169,7 @@ def evaluate_lareqa(spec: Mapping, encoders: Encoders, searcher: Searcher,
   names = _metric_names(spec)
   q = encoders.query(pool.questions)
   db = encoders.passage(pool.sentences)
-  _, ranked = searcher(q, db, _depth(names, top_k))
+  ranked = _ranked(searcher, q, db, _depth(names, top_k))
   per_query = metrics_lib.ranking_metrics(ranked, pool.relevant, names)
   return _grouped_means(per_query, pool.question_langs, spec["name"])
 
@@ -224,7 +230,7 @@ def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
     qrels = [{doc_index[d]: g for d, g in beir.qrels[qid].items()} for qid in query_ids]
     q = encoders.query([beir.queries[qid] for qid in query_ids])
     db = encoders.passage([readers.beir_passage(beir.corpus[d]) for d in doc_ids])
-    _, ranked = searcher(q, db, _depth(names, top_k))
+    ranked = _ranked(searcher, q, db, _depth(names, top_k))
     for metric, values in metrics_lib.ranking_metrics(ranked, qrels, names).items():
       per_query[metric].append(values)
     groups += [os.path.basename(os.path.normpath(folder))] * len(query_ids)

@@ -1,0 +1,264 @@
+"""Evaluators and `python -m lair.evaluate`, against references written here.
+
+* XQuAD-R (a slice) and Tatoeba through the CLI with multilingual-e5-small, against a second
+  code path: the pool and relevant sets parsed from the raw JSON as LAReQA's code does,
+  PyTorch (transformers) embeddings, brute-force NumPy ranking and LAReQA's AP@k loop.
+* BEIR plumbing against pytrec_eval on synthetic folders.
+* The sharded encoder on 8 simulated devices against one-text-at-a-time embedding.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import zlib
+
+import numpy as np
+import pytest
+
+from lair import configs
+from lair.evaluate import evaluators
+from lair.evaluate import run
+from lair.evaluate import search
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+XQUAD_LANGUAGES = ("en", "de")
+MAX_QUESTIONS = 150  # The first 150 question ids (about 30 paragraphs) in both languages.
+TATOEBA_PAIRS = 100
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference: LAReQA's evaluation written out independently (lareqa / XTREME-R semantics).
+# ------------------------------------------------------------------------------------------------
+
+
+def reference_lareqa_pool(paths, max_questions):
+  """(questions [(text, lang)], candidates [text], relevant [set]) straight from the JSON.
+
+  Candidates are every sentence (context[start:end] of sentence_breaks) of the paragraphs that
+  hold a kept question; a question's relevant set is the sentence containing its answer_start
+  in every language, matched by question id.
+  """
+  files = [json.loads(pathlib.Path(p).read_text(encoding="utf-8")) for p in paths]
+  first_ids = [qa["id"] for a in files[0]["data"] for p in a["paragraphs"] for qa in p["qas"]]
+  keep = set(first_ids[:max_questions])
+  questions, candidates, answers = [], [], {}
+  for path, data in zip(paths, files):
+    lang = pathlib.Path(path).stem
+    for article in data["data"]:
+      for paragraph in article["paragraphs"]:
+        kept = [qa for qa in paragraph["qas"] if qa["id"] in keep]
+        if not kept:
+          continue
+        breaks = paragraph["sentence_breaks"]
+        base = len(candidates)
+        candidates += [paragraph["context"][s:e] for s, e in breaks]
+        for qa in kept:
+          start = qa["answers"][0]["answer_start"]
+          (index,) = [i for i, (s, e) in enumerate(breaks) if s <= start < e]
+          answers.setdefault(qa["id"], set()).add(base + index)
+          questions.append((qa["question"], lang, qa["id"]))
+  return questions, candidates, [answers[qid] for _, _, qid in questions]
+
+
+def lareqa_average_precision(relevant, ranked, k):
+  """LAReQA's AP@k from the 1-based ranks r_1 < r_2 < ... of the relevant candidates in the
+  top k: sum_i i / r_i, divided by min(|relevant|, k)."""
+  ranks = [r + 1 for r, doc in enumerate(ranked[:k]) if doc in relevant]
+  return sum(i / r for i, r in enumerate(ranks, start=1)) / min(len(relevant), k)
+
+
+def torch_embed(model_dir, texts, max_len, batch=64):
+  """multilingual-e5 embeddings the PyTorch way: masked mean of the last layer, L2-normalised."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+  model = transformers.AutoModel.from_pretrained(str(model_dir)).eval()
+  out = []
+  with torch.inference_mode():
+    for start in range(0, len(texts), batch):
+      inputs = tokenizer(texts[start:start + batch], padding=True, truncation=True,
+                         max_length=max_len, return_tensors="pt")
+      hidden = model(**inputs).last_hidden_state
+      mask = inputs["attention_mask"][..., None].float()
+      pooled = (hidden * mask).sum(1) / mask.sum(1)
+      out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+  return np.concatenate(out)
+
+
+def run_cli(args, workdir):
+  """`python -m lair.evaluate ARGS --workdir=WORKDIR` -> the metrics it wrote."""
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-m", "lair.evaluate", *args, f"--workdir={workdir}"],
+                        capture_output=True, text=True, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "xquad-r" in proc.stdout and "map@20" in proc.stdout  # The table.
+  return json.loads((pathlib.Path(workdir) / "eval" / "eval.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def e5_cli_args(shared_data, e5_small_dir):
+  xquad = [str(shared_data / "xquad-r" / f"{lang}.json") for lang in XQUAD_LANGUAGES]
+  return [f"--hf={e5_small_dir}", "--config.model.query_prefix=query: ",
+          "--config.model.passage_prefix=passage: ", f"--lareqa={','.join(xquad)}",
+          f"--max_questions={MAX_QUESTIONS}",
+          f"--tatoeba={shared_data / 'tatoeba' / 'tatoeba.deu-eng'}",
+          f"--max_pairs={TATOEBA_PAIRS}"]
+
+
+def test_xquad_r_and_tatoeba_through_the_cli_match_a_pytorch_numpy_reference(
+    e5_cli_args, shared_data, e5_small_dir, tmp_path):
+  exact = run_cli(e5_cli_args + ["--config.eval.search=exact"], tmp_path)
+
+  # XQuAD-R: mAP@20 per question language and their mean. Lengths: the config defaults
+  # (data.max_query_len = 64, data.max_passage_len = 128).
+  paths = [shared_data / "xquad-r" / f"{lang}.json" for lang in XQUAD_LANGUAGES]
+  questions, candidates, relevant = reference_lareqa_pool(paths, MAX_QUESTIONS)
+  q = torch_embed(e5_small_dir, ["query: " + text for text, _, _ in questions], 64)
+  c = torch_embed(e5_small_dir, ["passage: " + text for text in candidates], 128)
+  ranked = np.argsort(-(q @ c.T), axis=1)
+  ap = np.array([lareqa_average_precision(rel, list(row), 20)
+                 for rel, row in zip(relevant, ranked)])
+  langs = np.array([lang for _, lang, _ in questions])
+  want = {lang: ap[langs == lang].mean() for lang in XQUAD_LANGUAGES}
+  want_mean = np.mean(list(want.values()))
+  for lang in XQUAD_LANGUAGES:
+    assert exact[f"xquad-r/map@20/{lang}"] == pytest.approx(want[lang], abs=1e-4)
+  assert exact["xquad-r/map@20/mean"] == pytest.approx(want_mean, abs=1e-4)
+  assert 0.5 < want_mean < 1.0  # A real model on a real task, not a degenerate pool.
+
+  # The ScaNN path (config.eval.search = "scann", default settings) through the LAReQA
+  # evaluator, fed the reference embeddings: within 0.01 of exact search.
+  # (Looked up by whitespace-normalised text: the reader cleans the questions' whitespace.)
+  norm = lambda text: " ".join(text.split())
+  vectors = {"q": {norm(t): v for (t, _, _), v in zip(questions, q)},
+             "c": {norm(t): v for t, v in zip(candidates, c)}}
+  lookup = lambda side: lambda texts: np.stack([vectors[side][norm(t)] for t in texts])
+  encoders = evaluators.Encoders(query=lookup("q"), passage=lookup("c"), sentence=lookup("q"))
+  config = configs.default_config()
+  config.eval.search = "scann"
+  spec = dict(name="xquad-r", kind="lareqa", paths=[str(p) for p in paths],
+              max_questions=MAX_QUESTIONS, metrics=["map@20"])
+  scann = evaluators.evaluate_lareqa(spec, encoders, run.make_searcher(config), top_k=20)
+  for lang in XQUAD_LANGUAGES + ("mean",):
+    want_value = want_mean if lang == "mean" else want[lang]
+    assert abs(scann[f"xquad-r/map@20/{lang}"] - want_value) <= 0.01
+
+  # Tatoeba deu<->eng: top-1 accuracy both ways, both sides with the query prefix.
+  tatoeba = shared_data / "tatoeba" / "tatoeba.deu-eng"
+  deu = (tatoeba.parent / (tatoeba.name + ".deu")).read_text("utf-8").splitlines()[:TATOEBA_PAIRS]
+  eng = (tatoeba.parent / (tatoeba.name + ".eng")).read_text("utf-8").splitlines()[:TATOEBA_PAIRS]
+  x = torch_embed(e5_small_dir, ["query: " + s for s in deu], 64)
+  y = torch_embed(e5_small_dir, ["query: " + s for s in eng], 64)
+  gold = np.arange(TATOEBA_PAIRS)
+  x2y, y2x = np.mean((x @ y.T).argmax(1) == gold), np.mean((y @ x.T).argmax(1) == gold)
+  assert exact["tatoeba/acc_x2y/deu"] == pytest.approx(x2y, abs=1e-6)
+  assert exact["tatoeba/acc_y2x/deu"] == pytest.approx(y2x, abs=1e-6)
+  assert exact["tatoeba/acc/mean"] == pytest.approx((x2y + y2x) / 2, abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# BEIR, against pytrec_eval.
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_beir(folder, seed):
+  """A random BEIR folder: 40 documents, 12 queries with graded qrels; returns the qrels."""
+  rng = np.random.default_rng(seed)
+  (folder / "qrels").mkdir(parents=True)
+  docs = {f"d{i}": {"_id": f"d{i}", "title": f"title {seed} {i}", "text": f"text {i}"}
+          for i in range(40)}
+  queries = {f"q{i}": {"_id": f"q{i}", "text": f"query {seed} {i}"} for i in range(12)}
+  (folder / "corpus.jsonl").write_text("\n".join(json.dumps(d) for d in docs.values()))
+  (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries.values()))
+  qrels = {qid: {f"d{d}": int(rng.integers(1, 3))
+                 for d in rng.choice(40, size=int(rng.integers(1, 6)), replace=False)}
+           for qid in queries}
+  lines = ["query-id\tcorpus-id\tscore"] + [
+      f"{qid}\t{d}\t{g}" for qid, rel in qrels.items() for d, g in rel.items()]
+  (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
+  return qrels, docs, queries
+
+
+def _hash_embed(texts):
+  """A deterministic stand-in encoder: a random unit vector seeded by each text."""
+  out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=16) for t in texts])
+  return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_beir_metrics_match_pytrec_eval(tmp_path):
+  pytrec_eval = pytest.importorskip("pytrec_eval")
+  folders = {"alpha": 1, "beta": 2}
+  encoders = evaluators.Encoders(query=_hash_embed, passage=_hash_embed, sentence=_hash_embed)
+  spec = dict(name="toy", kind="beir", paths=[str(tmp_path / f) for f in folders])
+  want = {}
+  for name, seed in folders.items():
+    qrels, docs, queries = _write_beir(tmp_path / name, seed)
+    doc_ids = list(docs)
+    d = _hash_embed([f"{docs[i]['title']} {docs[i]['text']}" for i in doc_ids])
+    q = _hash_embed([queries[qid]["text"] for qid in qrels])
+    scores = q @ d.T
+    run = {qid: {doc_ids[j]: float(scores[i, j]) for j in range(len(doc_ids))}
+           for i, qid in enumerate(qrels)}
+    trec = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10", "recip_rank"}).evaluate(run)
+    # MRR@10 is recip_rank on the top-10 run; recall@100 over a 40-document corpus is 1.
+    top10 = {qid: dict(sorted(r.items(), key=lambda kv: -kv[1])[:10]) for qid, r in run.items()}
+    mrr = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank"}).evaluate(top10)
+    want[name] = {"ndcg@10": np.mean([v["ndcg_cut_10"] for v in trec.values()]),
+                  "mrr@10": np.mean([v["recip_rank"] for v in mrr.values()]),
+                  "recall@100": 1.0}
+  got = evaluators.evaluate_beir(spec, encoders, search.exact_search, top_k=20)
+  for name in folders:
+    for metric, value in want[name].items():
+      assert got[f"toy/{metric}/{name}"] == pytest.approx(value, abs=1e-6)
+  assert got["toy/ndcg@10/mean"] == pytest.approx(
+      np.mean([want[n]["ndcg@10"] for n in folders]), abs=1e-6)
+
+
+def test_set_errors_name_the_entry_and_field():
+  with pytest.raises(ValueError, match="'xq'.*kind"):
+    evaluators.check_set(dict(name="xq", kind="squad", paths=["a"]))
+  with pytest.raises(ValueError, match="'xq'.*missing 'paths'"):
+    evaluators.check_set(dict(name="xq", kind="lareqa"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The sharded encoder on 8 devices.
+# ------------------------------------------------------------------------------------------------
+
+_MULTI_DEVICE_CHECK = textwrap.dedent("""
+    import jax, numpy as np, tokenizers
+    from tokenizers import models, pre_tokenizers, processors
+    from lair.evaluate import encode
+    from lair.models import bert, retriever
+    assert jax.device_count() == 8
+    words = "the a cat dog sat on mat ran far away and then slept in sun".split()
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words)}
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    rcfg = retriever.RetrieverConfig(encoder=bert.EncoderConfig(
+        vocab_size=len(vocab), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    params = retriever.init_retriever(rcfg, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(21)]
+    got = encode.make_text_encoder(params, rcfg, tok, batch_size=5, max_len=24,
+                                   buckets=(8, 16))(texts)
+    for i, text in enumerate(texts):  # One text at a time, unpadded, on one device.
+      ids = np.array([encode.tokenize(tok, [text], 24)[0]], np.int32)
+      want = retriever.embed(params, ids, np.ones_like(ids), rcfg=rcfg)
+      np.testing.assert_allclose(got[i], np.asarray(want)[0], atol=2e-5)
+    print("OK", got.shape)
+""")
+
+
+def test_encoder_sharded_over_8_devices_matches_one_text_at_a_time():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu",
+             PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_CHECK], capture_output=True,
+                        text=True, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "OK (21, 32)" in proc.stdout
