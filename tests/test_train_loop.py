@@ -90,6 +90,8 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, unbroken_run, cache):
   assert killed_at in (10, 20)
   resumed = run_training(workdir, cache)
   assert f"resumed from {workdir / 'checkpoints'}/{killed_at}" in resumed.stdout
+  # The steps logged after the checkpoint before the kill are logged once, by the resumed run.
+  assert [r["step"] for r in read_metrics(workdir)] == list(range(5, STEPS + 1, 5))
   step, params = final_params(workdir)
   ref_step, ref_params = final_params(unbroken_run)
   assert step == ref_step == STEPS

@@ -76,12 +76,14 @@ def init_train_state(config, rcfg, retriever_params, *, vocab_size: int):
 class MetricWriter:
   """Writes scalars to stdout, metrics.jsonl and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, *, resumed_step: int = 0):
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     self.jsonl = self.tensorboard = None
     if self.active:
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      path = os.path.join(workdir, "metrics.jsonl")
+      drop_rows_after(path, resumed_step)
+      self.jsonl = open(path, "a", encoding="utf-8")
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
         self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -111,6 +113,16 @@ class MetricWriter:
       self.jsonl.close()
     if self.tensorboard is not None:
       self.tensorboard.close()
+
+
+def drop_rows_after(path: str, step: int) -> None:
+  """Keeps the metrics.jsonl rows up to `step`: a resumed run logs the steps after it again."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+  with open(path, "w", encoding="utf-8") as f:
+    f.writelines(rows)
 
 
 def batch_counts(batch: Mapping) -> tuple[int, int]:
@@ -196,9 +208,9 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   train_step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)
 
   total = config.train.steps
-  writer = MetricWriter(workdir, total)
-  compiled_shapes = set()
   first = int(state["step"])
+  writer = MetricWriter(workdir, total, resumed_step=first)
+  compiled_shapes = set()
   pending = None  # (step, metrics, data position) whose loss is checked one step late.
   scalars = {}
   examples = tokens = 0
