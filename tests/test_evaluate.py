@@ -262,3 +262,32 @@ def test_encoder_sharded_over_8_devices_matches_one_text_at_a_time():
                         text=True, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK (21, 32)" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# --workdir: a training run's checkpoint, restored.
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cli_restores_a_training_run_and_reproduces_its_evaluation(tmp_path):
+  """The trainer evaluates its in-memory params at the last step; the CLI restores them from
+  the orbax checkpoint and must score the same."""
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  common = ["--config=configs/quickstart.py", f"--workdir={tmp_path}",
+            "--config.eval.search=exact"]
+  train = subprocess.run(
+      [sys.executable, "-m", "lair.train", *common, "--config.train.steps=2",
+       "--config.train.checkpoint_every=2", "--config.train.warmup_steps=1"],
+      capture_output=True, text=True, env=env, cwd=REPO)
+  assert train.returncode == 0, train.stderr[-3000:]
+  during_training = json.loads((tmp_path / "eval" / "step_2.json").read_text())
+  (tmp_path / "eval" / "step_2.json").unlink()
+  proc = subprocess.run([sys.executable, "-m", "lair.evaluate", f"--workdir={tmp_path}",
+                         "--config.eval.search=exact"],
+                        capture_output=True, text=True, env=env, cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  restored = json.loads((tmp_path / "eval" / "step_2.json").read_text())
+  assert restored["step"] == 2 and "lareqa/map@20/mean" in restored["metrics"]
+  assert restored["metrics"].keys() == during_training["metrics"].keys()
+  for key, value in during_training["metrics"].items():
+    assert restored["metrics"][key] == pytest.approx(value, abs=1e-6), key
