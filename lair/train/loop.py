@@ -86,7 +86,9 @@ class MetricWriter:
       self.jsonl = open(path, "a", encoding="utf-8")
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
-        self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # purge_step: TensorBoard hides the events a killed run wrote after its checkpoint.
+        self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                                      purge_step=resumed_step or None)
       except ImportError:
         print("tensorboardX is not installed: no TensorBoard events", file=sys.stderr)
 
