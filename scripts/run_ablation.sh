@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Re-runs the whole ablation table of docs/results.md (lair issue 5), one run at a time.
+#
+#   bash scripts/run_ablation.sh [--config.KEY=VALUE ...]      # e.g. --config.train.steps=10
+#
+# Environment: RUNS (default /work/runs) holds one workdir per run; SEEDS (default "0 1") are the
+# seeds of runs 2-4; PYTHON (default python3). Extra --config.* flags go to every run.
+#
+# Resumable: a run whose result JSON (WORKDIR/eval/*.json) exists is skipped, and an unfinished
+# training run resumes from the last checkpoint in its workdir (lair.train does that). Each run's
+# wall time (summed over attempts) is kept in WORKDIR/wall_seconds and its log in WORKDIR/log.txt.
+# The order is the priority order: run 1; runs 2-4 seed 0; run 5; runs 2-4 other seeds; run 6.
+# Then scripts/plot_results.py writes the tables (RUNS/results.md) and docs/results_map20.png.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+RUNS="${RUNS:-/work/runs}"
+SEEDS="${SEEDS:-0 1}"
+PYTHON="${PYTHON:-python3}"
+E5="${E5:-$HOME/.cache/lair/multilingual-e5-small}"
+common=(--config.data.cache_dir="$RUNS/cache" "$@")
+mkdir -p "$RUNS"
+
+# run NAME COMMAND...: runs COMMAND unless RUNS/NAME/eval/ holds a result; logs and times it.
+run() {
+  local name="$1"; shift
+  local workdir="$RUNS/$name"
+  if compgen -G "$workdir/eval/*.json" > /dev/null; then
+    echo "lair ablation: $name done ($(cat "$workdir/wall_seconds" 2>/dev/null || echo '?') s), skipped"
+    return
+  fi
+  mkdir -p "$workdir"
+  echo "lair ablation: $name started $(date -u +%H:%M:%S)"
+  local start; start=$(date +%s)
+  "$@" >> "$workdir/log.txt" 2>&1
+  local spent=$(( $(date +%s) - start + $(cat "$workdir/wall_seconds" 2>/dev/null || echo 0) ))
+  echo "$spent" > "$workdir/wall_seconds"
+  echo "lair ablation: $name finished in ${spent} s"
+}
+
+# train NAME CONFIG[:ARG] [overrides...]
+train() {
+  local name="$1" config="$2"; shift 2
+  run "$name" "$PYTHON" -m lair.train --config="$config" --workdir="$RUNS/$name" \
+      "${common[@]}" "$@"
+}
+
+first_seed="${SEEDS%% *}"
+run e5_backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config=configs/xquadr_e5.py:backbone \
+    --workdir="$RUNS/e5_backbone" "${common[@]}"
+for seed in $first_seed; do
+  for variant in ir ir_sem ir_sem_lang; do
+    train "e5_${variant}_s${seed}" "configs/xquadr_e5.py:${variant}" --config.seed="$seed"
+  done
+  train "e5_lowres_s${seed}" configs/xquadr_e5.py:lowres --config.seed="$seed"
+done
+for seed in $SEEDS; do
+  [[ "$seed" == "$first_seed" ]] && continue
+  for variant in ir ir_sem ir_sem_lang; do
+    train "e5_${variant}_s${seed}" "configs/xquadr_e5.py:${variant}" --config.seed="$seed"
+  done
+done
+train ems_xtr_cl configs/ems_small.py:xtr_cl
+train ems_cl configs/ems_small.py:cl
+
+"$PYTHON" scripts/plot_results.py --runs="$RUNS" --png=docs/results_map20.png \
+    > "$RUNS/results.md"
+echo "lair ablation: tables in $RUNS/results.md, plot in docs/results_map20.png"
