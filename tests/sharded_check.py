@@ -31,16 +31,13 @@ SPECIAL_IDS = (0, 1, 2)
 
 # Objective weights per case; every case also checks the per-term metrics.
 OBJECTIVES = {
-    "ir": dict(ir_weight=1.0),
-    "ir_margin_bidirectional": dict(ir_weight=1.0, ir_margin=0.1, ir_bidirectional=True),
+    "ir": dict(ir_weight=1.0, ir_margin=0.1, ir_bidirectional=True),
     "semantic": dict(ir_weight=0.0, semantic_weight=1.0),
-    "language_ir": dict(ir_weight=0.0, language_weight=1.0, language_inputs="ir"),
-    "language_mono": dict(ir_weight=0.0, language_weight=1.0, language_inputs="mono",
-                          language_form="squared_gap"),
+    "language": dict(ir_weight=0.0, language_weight=1.0, language_inputs="ir+mono"),
     "xtr": dict(ir_weight=0.0, xtr_weight=1.0),
     "ems_contrastive": dict(ir_weight=0.0, ems_contrastive_weight=1.0),
-    "all": dict(ir_weight=1.0, ir_bidirectional=True, semantic_weight=0.5, language_weight=0.3,
-                xtr_weight=0.2, ems_contrastive_weight=0.4),
+    "all": dict(ir_weight=1.0, semantic_weight=0.5, language_weight=0.3, xtr_weight=0.2,
+                ems_contrastive_weight=0.4, language_inputs="mono", language_form="squared_gap"),
 }
 
 

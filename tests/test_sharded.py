@@ -51,7 +51,9 @@ def test_each_query_sees_the_global_batch(results):
 
 
 def test_fsdp_sharded_params_all_objectives(results):
-  # Separate towers and a projection head, params over 1000 elements sharded along `data`.
+  # Separate towers and a projection head, params over 1000 elements sharded along `data`; all
+  # five terms at once, the language term on monolingual z only (the IR rows are in the batch
+  # but must not join z).
   r = results["fsdp:all"]
   assert r["loss_error"] < 1e-5, r
   assert r["term_error"] < 1e-5, r

@@ -104,7 +104,8 @@ def embedding_inputs(batch: Mapping, loss_cfg) -> dict[str, tuple[Any, Any, str]
   if "mono" in needed or ("mono" in batch and "language" in terms
                           and "mono" in language_sources(loss_cfg)):
     inputs["mono"] = (batch["mono"]["ids"], batch["mono"]["mask"], "query")
-  if "language" in terms and not {"query", "mono"} & set(inputs):
+  z_inputs = {"ir": "query", "mono": "mono"}
+  if "language" in terms and not any(z_inputs[s] in inputs for s in language_sources(loss_cfg)):
     raise ValueError(
         f"config.loss.language_inputs={loss_cfg.get('language_inputs', 'ir+mono')!r}: none of "
         f"those streams is in the batch (present: {sorted(batch)}); the input pipeline reads "
@@ -267,7 +268,9 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *,
     out["semantic"] = _symmetric(functools.partial(losses.semantic_contrastive_loss, tau=tau),
                                  unit["src"], unit["tgt"])
   if "language" in terms:
-    z = jnp.concatenate([unit[n] for n in ("query", "passage", "mono") if n in unit], axis=0)
+    z_names = {"ir": ("query", "passage"), "mono": ("mono",)}
+    z = jnp.concatenate([unit[n] for source in language_sources(loss_cfg)
+                         for n in z_names[source] if n in unit], axis=0)
     out["language"] = _global_mean(losses.language_contrastive_loss(
         z, _gather(unit["src"]), _gather(unit["tgt"]), tau=tau, form=loss_cfg.language_form))
   if "xtr" in terms:
