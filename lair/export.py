@@ -1,8 +1,9 @@
 """Export a trained run as a Hugging Face / sentence-transformers directory.
 
-    python -m lair.export --workdir RUN_DIR --out DIR [--step N]
+    python -m lair.export --workdir RUN_DIR --out DIR [--step N | --step best]
 
-Restores the retriever params of the latest checkpoint (or step N) of a `python -m lair.train`
+Restores the retriever params of the latest checkpoint (step N; or with `best`, the best
+evaluation's params kept by config.eval.select_best) of a `python -m lair.train`
 workdir, rebuilds the model from the workdir's model.json and tokenizer/, and writes them with
 `lair.models.hf.export_hf` (transformers.AutoModel and SentenceTransformer load the result).
 """
@@ -16,8 +17,8 @@ from lair.models import hf
 from lair.train import checkpoint as checkpoint_lib
 
 
-def export(workdir: str, out: str, step: Optional[int] = None) -> pathlib.Path:
-  """Writes checkpoint `step` (default: latest) of `workdir` to `out`; returns out's path."""
+def export(workdir: str, out: str, step: Optional[int | str] = None) -> pathlib.Path:
+  """Writes checkpoint `step` (default: latest; "best") of `workdir` to `out`; returns out."""
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(f"--workdir={workdir}: no checkpoints/ folder; expected the "
                             f"workdir of a `python -m lair.train` run")
@@ -25,7 +26,10 @@ def export(workdir: str, out: str, step: Optional[int] = None) -> pathlib.Path:
   if tokenizer is None:
     raise FileNotFoundError(f"--workdir={workdir}: no tokenizer/ folder; export needs the "
                             f"run's tokenizer (runs whose config trains or imports one save it)")
-  step, params = checkpoint_lib.Checkpoints(workdir).restore_params(step)
+  if step == "best":
+    step, params = checkpoint_lib.Checkpoints(workdir, keep=1, folder="best").restore_params()
+  else:
+    step, params = checkpoint_lib.Checkpoints(workdir).restore_params(step)
   path = hf.export_hf(params["retriever"], rcfg, tokenizer, out)
   print(f"exported step {step} of {workdir} to {path}", flush=True)
   return path
@@ -36,9 +40,15 @@ def main(argv=None):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", required=True, help="a lair training workdir")
   parser.add_argument("--out", required=True, help="the Hugging Face directory to write")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--step", default=None,
+                      help="checkpoint step, or 'best' (default: the latest checkpoint)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  export(args.workdir, args.out, args.step)
+  step = args.step
+  if step is not None and step != "best":
+    if not step.isdigit():
+      parser.error(f"--step={step}: expected a step number or 'best'")
+    step = int(step)
+  export(args.workdir, args.out, step)
 
 
 if __name__ == "__main__":

@@ -45,9 +45,10 @@ def final_params(workdir):
   return step, params
 
 
-def read_metrics(workdir):
+def read_metrics(workdir, kind="loss"):
+  """metrics.jsonl rows holding `kind` ("loss": training logs, or an evaluation metric)."""
   with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
+    return [row for row in map(json.loads, f) if kind in row]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,21 @@ def test_loss_falls_and_logs(unbroken_run):
   assert list((unbroken_run / "tensorboard").glob("events.out.tfevents.*"))
   # Kept checkpoints: the last two (keep_checkpoints=2), the final one included.
   assert checkpoint_lib.Checkpoints(str(unbroken_run)).all_steps() == [40, 50]
+
+
+def test_evaluation_keeps_the_best_params(tmp_path, unbroken_run):
+  from lair import export  # pylint: disable=g-import-not-at-top
+  key = "tatoeba/acc/mean"
+  evals = read_metrics(unbroken_run, key)
+  assert [r["step"] for r in evals] == [25, 50]  # eval_every=25, and at the end.
+  with open(unbroken_run / "best.json", encoding="utf-8") as f:
+    best = json.load(f)
+  winner = max(evals, key=lambda r: r[key])
+  assert best == {"step": winner["step"], "metric": key, "value": winner[key]}
+  best_dir = checkpoint_lib.Checkpoints(str(unbroken_run), keep=1, folder="best")
+  assert best_dir.all_steps() == [winner["step"]]
+  out = export.export(str(unbroken_run), str(tmp_path / "best_hf"), step="best")
+  assert (out / "model.safetensors").exists()
 
 
 def test_killed_run_resumes_to_the_same_params(tmp_path, unbroken_run, cache):

@@ -1,7 +1,8 @@
 """A tiny run for the loop tests: quickstart's data, a 2-layer hidden-32 BERT, 8-row batches.
 
 `python -m lair.train --config=tests/tiny_train_config.py:STEPS --workdir=DIR` trains STEPS
-steps (default 50) on CPU in seconds: IR + semantic + language losses, checkpoints every 10.
+steps (default 50) on CPU in seconds: IR + semantic + language losses, checkpoints every 10,
+evaluation every 25.
 """
 from configs import quickstart  # pylint: disable=g-bad-import-order  (the repo root is on sys.path)
 
@@ -21,5 +22,9 @@ def get_config(arg=None):
   c.train.log_every = 5
   c.train.checkpoint_every = 10
   c.train.keep_checkpoints = 2
-  c.eval.sets = []
+  # Tatoeba-style bitext retrieval (quick) at step 25 and at the end; keep the best params.
+  c.eval.sets = [dict(s) for s in c.eval.sets if s["kind"] == "tatoeba"]
+  c.eval.search = "exact"
+  c.train.eval_every = 25
+  c.eval.select_best = "tatoeba/acc/mean"
   return c

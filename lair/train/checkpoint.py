@@ -4,7 +4,8 @@ A checkpoint at step N is `workdir/checkpoints/N/` with three items:
   params: {"retriever": ..., "objectives": ...} (what export and evaluation need),
   train:  {"step", "opt_state", "rng"} (the rest of the train state),
   data:   the input pipeline's position (JSON, from `get_state()`).
-Beside them, written once per run: `workdir/config.json` (the whole run config),
+With config.eval.select_best, `workdir/best/N/` holds the params item of the best evaluation so
+far and `workdir/best.json` says which step and value. Beside them, written once per run: `workdir/config.json` (the whole run config),
 `workdir/model.json` (the RetrieverConfig) and `workdir/tokenizer/`.
 """
 import dataclasses
@@ -31,11 +32,14 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
 
 
 class Checkpoints:
-  """Saves every N steps (and at the end), keeps the last K, restores the latest or step N."""
+  """Saves every N steps (and at the end), keeps the last K, restores the latest or step N.
 
-  def __init__(self, workdir: str, *, keep: int = 3):
+  `folder="best"` holds the params of the best evaluation so far (config.eval.select_best).
+  """
+
+  def __init__(self, workdir: str, *, keep: int = 3, folder: str = "checkpoints"):
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = os.path.join(os.path.abspath(workdir), folder)
     handlers = {"params": ocp.StandardCheckpointHandler(),
                 "train": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -51,6 +55,11 @@ class Checkpoints:
     self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), train=ocp.args.StandardSave(train),
         data=ocp.args.JsonSave(data_state)))
+
+  def save_params(self, step: int, params: Any) -> None:
+    """Saves the params item alone (the best checkpoint needs no optimiser state)."""
+    self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                      force=True)
 
   def restore(self, step: int, state: dict, shardings: dict) -> tuple[dict, dict]:
     """(state, data_state) at `step`, shaped and placed like `state`/`shardings`."""

@@ -150,6 +150,34 @@ def check_finite(step: int, metrics: Mapping, data_state: Mapping, last_checkpoi
       f"{json.dumps(data_state, sort_keys=True)}; terms: {terms}. The run stopped; {kept}.")
 
 
+def keep_if_best(config, results: Mapping[str, float], state, step: int,
+                 best: checkpoint_lib.Checkpoints, workdir: str) -> None:
+  """Saves the params as workdir/best/ when config.eval.select_best improved (higher wins).
+
+  Every lair metric (mAP, MRR, recall, nDCG, accuracy) is better when higher.
+  """
+  key = config.eval.select_best
+  if not key or not results:
+    return
+  if key not in results:
+    raise KeyError(f"config.eval.select_best={key!r} is not a metric of the evaluation; "
+                   f"it has: {sorted(results)}")
+  path = os.path.join(workdir, "best.json")
+  previous = None
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+  if previous is not None and previous["metric"] == key and results[key] <= previous["value"]:
+    return
+  best.save_params(step, state["params"])
+  best.wait()
+  if jax.process_index() == 0:
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump({"step": step, "metric": key, "value": float(results[key])}, f)
+  print(f"best {key} so far: {results[key]:.4f} at step {step} (saved in {best.directory})",
+        flush=True)
+
+
 def maybe_evaluate(config, state, rcfg, tokenizer, workdir: str, step: int) -> dict:
   """Runs config.eval.sets (if any) on the current params; {} when there is nothing to run."""
   if not config.eval.sets:
@@ -197,6 +225,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count(), workdir=workdir)
   checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  best = checkpoint_lib.Checkpoints(workdir, keep=1, folder="best")
   last_checkpoint = checkpoints.latest_step()
   if last_checkpoint is not None:
     state, data_state = checkpoints.restore(last_checkpoint, state, shardings)
@@ -254,17 +283,20 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         checkpoints.save(done, state, batches.get_state())
         last_checkpoint = done
       if eval_now and done != total:
-        writer.write(done, maybe_evaluate(config, state, rcfg, tokenizer, workdir, done),
-                     echo=False)
+        results = maybe_evaluate(config, state, rcfg, tokenizer, workdir, done)
+        writer.write(done, results, echo=False)
+        keep_if_best(config, results, state, done, best, workdir)
         tick = time.time()  # Evaluation time is not training throughput.
     if pending is not None:
       check_finite(*pending, last_checkpoint)
     if first < total:
-      writer.write(total, maybe_evaluate(config, state, rcfg, tokenizer, workdir, total),
-                   echo=False)
+      results = maybe_evaluate(config, state, rcfg, tokenizer, workdir, total)
+      writer.write(total, results, echo=False)
+      keep_if_best(config, results, state, total, best, workdir)
   finally:
     checkpoints.wait()
     checkpoints.close()
+    best.close()
     writer.close()
   return {"state": state, "rcfg": rcfg, "tokenizer": tokenizer, "metrics": scalars}
 
