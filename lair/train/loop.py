@@ -6,7 +6,8 @@
   3. the input pipeline, and a restore from `workdir/checkpoints` when one is there;
   4. the loop: one jitted step per batch, a finite-loss check, logs every `log_every` steps,
      a checkpoint every `checkpoint_every` steps and at the end, evaluation every `eval_every`
-     steps (and at the end) when `config.eval.sets` is not empty.
+     steps (and at the end) when `config.eval.sets` is not empty, keeping the params of the
+     best one in `workdir/best` when `config.eval.select_best` names a metric.
 Every random draw comes from `config.seed`; a run killed and restarted in the same workdir
 continues from its last checkpoint and ends with the same params as an unbroken run.
 """
@@ -37,8 +38,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def make_tokenizer(config, workdir: str):
-  """The run's tokenizer: the HF model's (None here: build_from_config loads it), the one this
-  workdir already trained, or a new one trained on config.tokenizer.train_files."""
+  """The tokenizer to build the model with, or None.
+
+  None with model.hf_path (build_from_config loads the model's own); else the one this workdir
+  saved (a resumed run), else one trained on config.tokenizer.train_files, else None
+  (model.encoder.vocab_size must then be set; build_from_config checks).
+  """
   if config.model.hf_path:
     return None
   saved = os.path.join(workdir, "tokenizer")
@@ -49,11 +54,15 @@ def make_tokenizer(config, workdir: str):
     from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     return tokenizer_lib.train_tokenizer(list(config.tokenizer.train_files),
                                          config.tokenizer.vocab_size)
-  return None  # model.encoder.vocab_size must then be set (build_from_config checks).
+  return None
 
 
 def init_train_state(config, rcfg, retriever_params, *, vocab_size: int):
-  """(state, optimizer, schedule, trainable mask) at step 0."""
+  """(state, optimizer, schedule) at step 0.
+
+  state: {"step": 0, "params": {"retriever", "objectives"}, "opt_state", "rng": the dropout
+  key}; the retriever was initialised from PRNGKey(seed), the EMS heads from fold_in(.., 1).
+  """
   rng = jax.random.PRNGKey(config.seed)
   objective_params = step_lib.init_objective_params(
       config.loss, jax.random.fold_in(rng, 1), embedding_dim=rcfg.embedding_dim,
