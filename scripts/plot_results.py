@@ -118,12 +118,13 @@ def xquad_r_table(runs: dict) -> str:
 
 
 def tatoeba_languages(runs: dict) -> list:
-  """The Tatoeba languages of the backbone's result, in its order."""
+  """The Tatoeba languages of the first result: the parallel-data ones first, then the rest."""
   for seeds in runs.values():
     for _, metrics, _ in seeds:
-      langs = [k.split("/")[-1] for k in metrics if k.startswith("tatoeba/acc/")]
+      langs = {k.split("/")[-1] for k in metrics if k.startswith("tatoeba/acc/")} - {"mean"}
       if langs:
-        return [l for l in langs if l != "mean"]
+        return ([l for l in PARALLEL_LANGUAGES if l in langs]
+                + sorted(langs - set(PARALLEL_LANGUAGES)))
   return []
 
 
@@ -155,12 +156,33 @@ def tatoeba_table(runs: dict, run_list: list, languages: list) -> str:
   return markdown_table(header, rows)
 
 
-def wall_table(runs: dict) -> str:
+def seconds_per_step(workdir: str) -> float:
+  """Median train step time of a run from its metrics.jsonl, leaving out the first log (which
+  holds the compilation): rows per step / examples_per_s. NaN for an evaluation-only run."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return float("nan")
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    config = json.load(f)
+  loss, train = config["loss"], config["train"]
+  rows = train["batch_size"] if loss["ir_weight"] > 0 else 0
+  if any(loss[k] > 0 for k in ("semantic_weight", "language_weight", "xtr_weight",
+                               "ems_contrastive_weight")):
+    rows += train["parallel_batch_size"]
+  with open(path, encoding="utf-8") as f:
+    rates = [r["examples_per_s"] for r in map(json.loads, f) if "examples_per_s" in r]
+  return float(rows / np.median(rates[1:])) if len(rates) > 1 else float("nan")
+
+
+def wall_table(runs: dict, runs_dir: str) -> str:
   rows = []
   for label, name in E5_RUNS + EMS_RUNS:
     for run_dir, _, wall in runs[name]:
-      rows.append([label, run_dir, "?" if wall is None else f"{wall / 60:.1f}"])
-  return markdown_table(["run", "workdir", "wall minutes (train + eval)"], rows)
+      step = seconds_per_step(os.path.join(runs_dir, run_dir))
+      rows.append([label, run_dir, "?" if wall is None else f"{wall / 60:.1f}",
+                   "–" if np.isnan(step) else f"{step:.2f}"])
+  return markdown_table(["run", "workdir", "wall minutes (start-up + train + eval)",
+                         "s / train step (median)"], rows)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +339,7 @@ def main(argv=None):
   print("\n## EMS from scratch: Tatoeba accuracy, 11 parallel-data languages\n")
   print(tatoeba_table(runs, EMS_RUNS, PARALLEL_LANGUAGES))
   print("\n## Wall time per run\n")
-  print(wall_table(runs))
+  print(wall_table(runs, args.runs))
   map20_plot(runs, args.png)
   print(f"\n(plot: {args.png})", file=sys.stderr)
 
