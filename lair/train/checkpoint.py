@@ -85,7 +85,11 @@ class Checkpoints:
       raise FileNotFoundError(f"{self.directory}: no checkpoint at step {step} "
                               f"(saved steps: {self.all_steps()})")
     metadata = self.manager.item_metadata(step)["params"]
-    as_numpy = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata)
+    # An explicit target sharding: left out, orbax rebuilds the saving mesh, whose devices (on
+    # another host count, e.g. ids 0 and 2048 of a 2-process run) this process may not have.
+    one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    as_numpy = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                            metadata)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(as_numpy)))
     return step, jax.tree.map(np.asarray, restored["params"])
