@@ -8,6 +8,7 @@ workdir, rebuilds the model from the workdir's model.json and tokenizer/, and wr
 `lair.models.hf.export_hf` (transformers.AutoModel and SentenceTransformer load the result).
 """
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -30,7 +31,10 @@ def export(workdir: str, out: str, step: Optional[int | str] = None) -> pathlib.
     step, params = checkpoint_lib.Checkpoints(workdir, keep=1, folder="best").restore_params()
   else:
     step, params = checkpoint_lib.Checkpoints(workdir).restore_params(step)
-  path = hf.export_hf(params["retriever"], rcfg, tokenizer, out)
+  with open(os.path.join(workdir, "config.json")) as f:
+    model_cfg = json.load(f)["model"]
+  prompts = {"query": model_cfg["query_prefix"], "passage": model_cfg["passage_prefix"]}
+  path = hf.export_hf(params["retriever"], rcfg, tokenizer, out, prompts=prompts)
   print(f"exported step {step} of {workdir} to {path}", flush=True)
   return path
 

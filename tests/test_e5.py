@@ -75,14 +75,19 @@ def test_e5_small_matches_pytorch_across_scripts(e5):
 
 
 def test_e5_small_export_loads_in_sentence_transformers(e5, tmp_path):
-  """lair -> export_hf -> SentenceTransformer gives lair's embeddings (real XLM-R vocabulary)."""
+  """lair -> export_hf -> SentenceTransformer gives lair's embeddings (real XLM-R vocabulary).
+
+  The e5 prefixes travel as sentence-transformers prompts: prompt_name="query" adds "query: ".
+  """
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
   config, params, tokenizer, _ = e5
   rcfg = retriever.RetrieverConfig(encoder=config, pooling="mean", normalize=True)
-  out = hf.export_hf({"encoder": params}, rcfg, tokenizer, tmp_path / "e5")
-  texts = ["query: " + s for _, s in SENTENCES[:6]]
-  ours, _ = _embed_both(e5, texts)
+  out = hf.export_hf({"encoder": params}, rcfg, tokenizer, tmp_path / "e5",
+                     prompts={"query": "query: ", "passage": "passage: "})
+  texts = [s for _, s in SENTENCES[:6]]
+  ours, _ = _embed_both(e5, ["query: " + s for s in texts])
   st = SentenceTransformer(str(out), device="cpu", local_files_only=True)
-  theirs = st.encode(texts, convert_to_numpy=True, batch_size=8).astype(np.float64)
+  theirs = st.encode(texts, prompt_name="query", convert_to_numpy=True,
+                     batch_size=8).astype(np.float64)
   assert st.max_seq_length == 512
   assert ((ours * theirs).sum(1) / np.linalg.norm(theirs, axis=1)).min() >= 0.99999

@@ -24,6 +24,7 @@ it at random and `pooler_output` is meaningless; `last_hidden_state` is exact.
 import dataclasses
 import json
 import pathlib
+from typing import Optional
 
 import jax
 import numpy as np
@@ -247,7 +248,8 @@ def _write_json(path: pathlib.Path, obj):
   path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def _sentence_transformers_modules(out: pathlib.Path, params, rcfg: retriever.RetrieverConfig):
+def _sentence_transformers_modules(out: pathlib.Path, params, rcfg: retriever.RetrieverConfig,
+                                   prompts: dict):
   """Writes modules.json and the module folders that follow the encoder (pooling, head, norm)."""
   hidden = rcfg.encoder.hidden_size
   modules = [{"idx": 0, "name": "0", "path": "",
@@ -289,25 +291,29 @@ def _sentence_transformers_modules(out: pathlib.Path, params, rcfg: retriever.Re
     add("Normalize").mkdir(parents=True, exist_ok=True)
   _write_json(out / "modules.json", modules)
   _write_json(out / "config_sentence_transformers.json",
-              {"similarity_fn_name": "cosine" if rcfg.normalize else "dot"})
+              {"similarity_fn_name": "cosine" if rcfg.normalize else "dot",
+               "prompts": prompts, "default_prompt_name": None})
 
 
-def _export_tower(enc_params, params, rcfg, tokenizer, out: pathlib.Path):
+def _export_tower(enc_params, params, rcfg, tokenizer, out: pathlib.Path, prompts):
   out.mkdir(parents=True, exist_ok=True)
   enc_cfg = dataclasses.replace(rcfg.encoder, dtype="float32")
   _write_json(out / "config.json", hf_config_dict(enc_cfg))
   safetensors.numpy.save_file(torch_state_from_encoder_params(enc_params, enc_cfg),
                               str(out / "model.safetensors"), metadata={"format": "pt"})
   tokenizer.save_pretrained(str(out))
-  _sentence_transformers_modules(out, params, rcfg)
+  _sentence_transformers_modules(out, params, rcfg, prompts)
   _write_json(out / "lair_retriever.json", dataclasses.asdict(rcfg))
 
 
-def export_hf(params, rcfg: retriever.RetrieverConfig, tokenizer, out_dir) -> pathlib.Path:
+def export_hf(params, rcfg: retriever.RetrieverConfig, tokenizer, out_dir,
+              prompts: Optional[dict] = None) -> pathlib.Path:
   """Writes retriever `params` as an HF + sentence-transformers directory; returns its path.
 
   Shared towers: one directory. Separate towers: the query tower in `out_dir` and the passage
-  tower in `out_dir/passage_encoder` (layout in the module docstring).
+  tower in `out_dir/passage_encoder` (layout in the module docstring). `prompts` (e.g.
+  {"query": "query: ", "passage": "passage: "}) become sentence-transformers prompts, so
+  `model.encode(texts, prompt_name="query")` adds the prefix the model was trained with.
   """
   out = pathlib.Path(out_dir)
   if not hasattr(tokenizer, "save_pretrained"):
@@ -315,8 +321,9 @@ def export_hf(params, rcfg: retriever.RetrieverConfig, tokenizer, out_dir) -> pa
                     f"save_pretrained), got {type(tokenizer).__name__}.")
   retriever.check_vocabulary(tokenizer, rcfg.encoder, f"export_hf({str(out)!r})")
   params = jax.device_get(params)
-  _export_tower(retriever.encoder_params(params, "query"), params, rcfg, tokenizer, out)
+  prompts = {name: text for name, text in (prompts or {}).items() if text}
+  _export_tower(retriever.encoder_params(params, "query"), params, rcfg, tokenizer, out, prompts)
   if not rcfg.shared_towers:
     _export_tower(retriever.encoder_params(params, "passage"), params, rcfg, tokenizer,
-                  out / "passage_encoder")
+                  out / "passage_encoder", prompts)
   return out
