@@ -136,6 +136,7 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
       stats = json.load(f)
     logging.info("stream %s: reusing %d rows in %s", name, stats["rows"], data_dir)
   else:
+    tfds.disable_progress_bar()  # Row counts are logged below; tqdm bars only clutter logs.
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
     stats = log.as_dict()

@@ -233,6 +233,10 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
     batches = pipeline.TrainBatches(config, tokenizer, seed=config.seed,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count(), workdir=workdir)
+    for name, stats in batches.stats.items():  # Skips are warned row by row; this is the total.
+      capped = f", capped {stats['capped']}" if stats.get("capped") else ""
+      print(f"data {name}: {stats['rows']} rows, skipped {stats['skipped'] or 'none'}{capped}",
+            flush=True)
   checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   best = checkpoint_lib.Checkpoints(workdir, keep=1, folder="best")
   last_checkpoint = checkpoints.latest_step()
