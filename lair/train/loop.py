@@ -215,10 +215,16 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = mesh_lib.make_mesh(config.mesh.data)
-  tokenizer = make_tokenizer(config, workdir)
-  rcfg, retriever_params, tokenizer = retriever.build_from_config(
-      config.model, tokenizer=tokenizer, rng=jax.random.PRNGKey(config.seed))
-  checkpoint_lib.save_model_files(workdir, config, rcfg, tokenizer)
+
+  def build_model():
+    tokenizer = make_tokenizer(config, workdir)
+    rcfg, retriever_params, tokenizer = retriever.build_from_config(
+        config.model, tokenizer=tokenizer, rng=jax.random.PRNGKey(config.seed))
+    checkpoint_lib.save_model_files(workdir, config, rcfg, tokenizer)
+    return rcfg, retriever_params, tokenizer
+
+  # Process 0 trains and saves the tokenizer; the others load that one (make_tokenizer).
+  rcfg, retriever_params, tokenizer = process_zero_first("lair: model files", build_model)
 
   state, optimizer, schedule = init_train_state(config, rcfg, retriever_params,
                                                 vocab_size=rcfg.encoder.vocab_size)
@@ -230,9 +236,11 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
 
   if batches is None:
     from lair.data import pipeline  # pylint: disable=g-import-not-at-top
-    batches = pipeline.TrainBatches(config, tokenizer, seed=config.seed,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(), workdir=workdir)
+    # Process 0 writes the array_record caches; the others reuse them (two tfds builds of one
+    # folder at once collide).
+    batches = process_zero_first("lair: data caches", lambda: pipeline.TrainBatches(
+        config, tokenizer, seed=config.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), workdir=workdir))
     for name, stats in batches.stats.items():  # Skips are warned row by row; this is the total.
       capped = f", capped {stats['capped']}" if stats.get("capped") else ""
       print(f"data {name}: {stats['rows']} rows, skipped {stats['skipped'] or 'none'}{capped}",
@@ -314,10 +322,27 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   return {"state": state, "rcfg": rcfg, "tokenizer": tokenizer, "metrics": scalars}
 
 
+def process_zero_first(name: str, build):
+  """build() on process 0, then, after a barrier named `name`, on every other process.
+
+  For what process 0 writes to the shared workdir and the others then read (the tokenizer,
+  the data caches): built at once by every host, they would be raced.
+  """
+  if jax.process_count() == 1:
+    return build()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  result = build() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices(name)
+  return result if jax.process_index() == 0 else build()
+
+
 def initialize_distributed() -> None:
   """jax.distributed.initialize from LAIR_COORDINATOR / LAIR_NUM_PROCESSES / LAIR_PROCESS_ID."""
   coordinator = os.environ.get("LAIR_COORDINATOR")
   if coordinator:
+    # CPU hosts all-reduce over gloo (the default in jax 0.10; earlier ones had none, and a
+    # multi-process CPU step then fails to compile its collectives).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator,
                                num_processes=int(os.environ["LAIR_NUM_PROCESSES"]),
                                process_id=int(os.environ["LAIR_PROCESS_ID"]))
