@@ -1,0 +1,221 @@
+"""Multi-host training on one machine: 2 processes x 1 CPU device vs 1 process x 2 devices.
+
+Two `bash launch/run.sh` processes (LAIR_COORDINATOR / LAIR_NUM_PROCESSES / LAIR_PROCESS_ID,
+gloo CPU collectives) train tests/tiny_train_config.py in one workdir; the reference is one
+process with the same global mesh (XLA_FLAGS=--xla_force_host_platform_device_count=2). Same
+seed and global batch, so the same math: the losses and final params must agree. Every process
+runs under a deadline and is SIGKILLed past it (SIGTERM is caught by JAX's preemption notifier),
+so a hung collective fails the test instead of hanging CI.
+"""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from lair import configs
+from lair.train import checkpoint as checkpoint_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "tests" / "tiny_train_config.py")
+STEPS = 12
+# Checkpoints at 4, 8 and 12; logs at 5, 10 and 12; one Tatoeba evaluation at the end.
+OVERRIDES = ["--config.train.checkpoint_every=4", "--config.train.eval_every=0",
+             "--config.train.keep_checkpoints=3"]
+DEADLINE_S = 240
+
+
+def base_env(**extra):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             PYTHON=sys.executable, **extra)
+  for key in ("XLA_FLAGS", "LAIR_COORDINATOR", "LAIR_NUM_PROCESSES", "LAIR_PROCESS_ID",
+              "LAIR_DIE_AT_BATCH"):
+    if key not in extra:
+      env.pop(key, None)
+  return env
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, str]]:
+  """Runs the processes together; [(returncode, stdout + stderr)] in order.
+
+  When one fails or the deadline passes, the rest are SIGKILLed: a peer of a dead process
+  would otherwise wait in a collective (or the coordination service) for minutes.
+  """
+  out_dir.mkdir(parents=True, exist_ok=True)
+  logs = [open(out_dir / f"process_{i}.log", "w+", encoding="utf-8")
+          for i in range(len(commands_and_envs))]
+  procs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+           for (command, env), log in zip(commands_and_envs, logs)]
+  deadline = time.time() + DEADLINE_S
+  while any(p.poll() is None for p in procs):
+    failed = any(p.returncode not in (None, 0) for p in procs)
+    if failed or time.time() > deadline:
+      time.sleep(5 if failed else 0)  # Let a failing peer print its own error first.
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+      break
+    time.sleep(0.2)
+  results = []
+  for p, log in zip(procs, logs):
+    p.wait()
+    log.seek(0)
+    results.append((p.returncode, log.read()))
+    log.close()
+  return results
+
+
+def multihost_commands(workdir, port, *, script=None, die_at=None):
+  """Two hosts of one run: `bash launch/run.sh` (train + export on process 0), or `script`."""
+  flags = [f"--config={CONFIG}:{STEPS}", f"--workdir={workdir}", *OVERRIDES]
+  command = (["bash", str(REPO / "launch" / "run.sh"), *flags] if script is None
+             else [sys.executable, str(script), *flags])
+  extra = dict(LAIR_COORDINATOR=f"127.0.0.1:{port}", LAIR_NUM_PROCESSES="2")
+  if die_at is not None:
+    extra["LAIR_DIE_AT_BATCH"] = str(die_at)
+  return [(command, base_env(LAIR_PROCESS_ID=str(i), **extra)) for i in range(2)]
+
+
+def describe(results) -> str:
+  return "\n".join(f"--- process {i} (rc {rc}):\n{out[-3000:]}"
+                   for i, (rc, out) in enumerate(results))
+
+
+def loss_rows(workdir):
+  with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+    return [row for row in map(json.loads, f) if "loss" in row]
+
+
+def eval_rows(workdir):
+  with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+    return [row for row in map(json.loads, f) if "loss" not in row]
+
+
+def final_params(workdir):
+  return checkpoint_lib.Checkpoints(str(workdir)).restore_params()
+
+
+def assert_same_training(workdir, reference):
+  """Same losses at the same steps, and the same final params, to 1e-5."""
+  rows, ref_rows = loss_rows(workdir), loss_rows(reference)
+  assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == [5, 10, STEPS]
+  for row, ref in zip(rows, ref_rows):
+    for key in ("loss", "ir", "semantic", "language", "grad_norm", "ir_candidates"):
+      np.testing.assert_allclose(row[key], ref[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  step, params = final_params(workdir)
+  ref_step, ref_params = final_params(reference)
+  assert step == ref_step == STEPS
+  assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               params, ref_params)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """One process, two simulated devices: the mesh the two hosts make together."""
+  workdir = tmp_path_factory.mktemp("one_process")
+  env = base_env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  command = [sys.executable, "-m", "lair.train", f"--config={CONFIG}:{STEPS}",
+             f"--workdir={workdir}", *OVERRIDES]
+  [(rc, out)] = run_processes([(command, env)], workdir / "logs")
+  assert rc == 0, out[-4000:]
+  assert "on a mesh of {'data': 2} devices" in out
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def two_host_run(tmp_path_factory):
+  """Two processes of `launch/run.sh`, one CPU device each, from an empty workdir.
+
+  Both start with no tokenizer and no data cache: process 0 builds them, the others wait and
+  reuse them (loop.process_zero_first), so the shared workdir is not raced.
+  """
+  workdir = tmp_path_factory.mktemp("two_processes")
+  results = run_processes(multihost_commands(workdir, free_port()), workdir / "logs")
+  assert [rc for rc, _ in results] == [0, 0], describe(results)
+  return workdir, [out for _, out in results]
+
+
+def test_two_hosts_train_like_one_process(two_host_run, reference_run):
+  workdir, outputs = two_host_run
+  for out in outputs:
+    assert "on a mesh of {'data': 2} devices" in out  # 2 processes x 1 device: one global mesh.
+    assert "Rank" in out and "connected to 1 peer ranks" in out  # gloo collectives.
+  assert_same_training(workdir, reference_run)
+  # The evaluation at the end ran on both hosts (it is jitted on the global params) and agrees.
+  assert eval_rows(workdir) and eval_rows(workdir) == eval_rows(reference_run)
+
+
+def test_only_process_zero_writes_logs_eval_and_export(two_host_run):
+  workdir, (out0, out1) = two_host_run
+  # Each step is logged once (two writers would append every row twice).
+  assert [r["step"] for r in loss_rows(workdir)] == [5, 10, STEPS]
+  assert (workdir / "eval" / f"step_{STEPS}.json").exists()
+  assert f"[####################] {STEPS}/{STEPS}" in out0 and "evaluation at step" in out0
+  assert "] 5/" not in out1 and "evaluation at step" not in out1
+  # launch/run.sh exports on process 0 only, from the 2-process checkpoint.
+  assert f"exported step {STEPS} of {workdir}" in out0 and "exported" not in out1
+  assert (workdir / "hf" / "model.safetensors").exists()
+
+
+def test_each_host_feeds_its_slice_of_the_global_batch(two_host_run):
+  """The pipeline's batches for hosts 0 and 1 of 2 concatenate to the one-host batch."""
+  from lair.data import pipeline  # pylint: disable=g-import-not-at-top
+  from lair.train import loop  # pylint: disable=g-import-not-at-top
+
+  workdir, _ = two_host_run
+  config = configs.load_config(f"{CONFIG}:{STEPS}", OVERRIDES)
+  tokenizer = loop.make_tokenizer(config, str(workdir))  # The one process 0 saved.
+
+  def batches(index, count):
+    it = pipeline.TrainBatches(config, tokenizer, seed=config.seed, process_index=index,
+                               process_count=count, workdir=str(workdir))
+    it.set_state(dict(it.get_state(), step=STEPS - 2))  # Any position will do.
+    return [next(it) for _ in range(2)]
+
+  whole, host0, host1 = batches(0, 1), batches(0, 2), batches(1, 2)
+  for full, part0, part1 in zip(whole, host0, host1):
+    assert full.keys() == part0.keys() == part1.keys() == {"ir", "parallel", "mono"}
+    for stream, fields in full.items():
+      for key, value in fields.items():
+        rows = value.shape[0]
+        assert part0[stream][key].shape[0] == part1[stream][key].shape[0] == rows // 2
+        np.testing.assert_array_equal(
+            np.concatenate([part0[stream][key], part1[stream][key]]), value,
+            err_msg=f"{stream}/{key}")
+        # The halves differ: each host has its own rows, not a copy of the other's.
+        if key.endswith("ids"):
+          assert not np.array_equal(part0[stream][key], part1[stream][key]), f"{stream}/{key}"
+
+
+def test_killed_hosts_resume_to_the_same_params(tmp_path, reference_run):
+  """Both hosts SIGKILL themselves at batch 10 (after the step-8 checkpoint was started) and
+  restart with the same command: they resume from the last committed checkpoint and end like
+  the unbroken one-process run."""
+  workdir = tmp_path / "killed"
+  die = REPO / "tests" / "train_and_die.py"
+  results = run_processes(multihost_commands(workdir, free_port(), script=die, die_at=10),
+                          tmp_path / "killed_logs")
+  # Process 0 kills itself; process 1 either does too or is ended when its peer vanishes.
+  assert results[0][0] == -signal.SIGKILL and results[1][0] != 0, describe(results)
+  killed_at = checkpoint_lib.Checkpoints(str(workdir)).latest_step()
+  assert killed_at in (4, 8), describe(results)
+  results = run_processes(multihost_commands(workdir, free_port(), script=die, die_at=10**6),
+                          tmp_path / "resumed_logs")
+  assert [rc for rc, _ in results] == [0, 0], describe(results)
+  for _, out in results:
+    assert f"resumed from {workdir / 'checkpoints'}/{killed_at}" in out
+  assert_same_training(workdir, reference_run)
