@@ -183,8 +183,8 @@ def keep_if_best(config, results: Mapping[str, float], state, step: int,
   if jax.process_index() == 0:
     with open(path, "w", encoding="utf-8") as f:
       json.dump({"step": step, "metric": key, "value": float(results[key])}, f)
-  print(f"best {key} so far: {results[key]:.4f} at step {step} (saved in {best.directory})",
-        flush=True)
+    print(f"best {key} so far: {results[key]:.4f} at step {step} (saved in {best.directory})",
+          flush=True)
 
 
 def maybe_evaluate(config, state, rcfg, tokenizer, workdir: str, step: int) -> dict:
