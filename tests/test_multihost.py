@@ -30,11 +30,21 @@ STEPS = 12
 OVERRIDES = ["--config.train.checkpoint_every=4", "--config.train.eval_every=0",
              "--config.train.keep_checkpoints=3"]
 DEADLINE_S = 240
+COMPILATION_CACHE = None  # Set by the compilation_cache fixture.
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA cache for the module's runs: the killed and the resumed 2-process runs
+  load the step the first one compiled (compiling is most of a tiny run's time on 2 cores)."""
+  global COMPILATION_CACHE
+  COMPILATION_CACHE = str(tmp_path_factory.mktemp("xla_cache"))
+  yield
 
 
 def base_env(**extra):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             PYTHON=sys.executable, **extra)
+             PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE, **extra)
   for key in ("XLA_FLAGS", "LAIR_COORDINATOR", "LAIR_NUM_PROCESSES", "LAIR_PROCESS_ID",
               "LAIR_DIE_AT_BATCH"):
     if key not in extra:
@@ -57,7 +67,9 @@ def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, s
   out_dir.mkdir(parents=True, exist_ok=True)
   logs = [open(out_dir / f"process_{i}.log", "w+", encoding="utf-8")
           for i in range(len(commands_and_envs))]
-  procs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  # Own process groups: killing one ends launch/run.sh's python child along with its bash.
+  procs = [subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
            for (command, env), log in zip(commands_and_envs, logs)]
   deadline = time.time() + DEADLINE_S
   while any(p.poll() is None for p in procs):
@@ -66,7 +78,7 @@ def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, s
       time.sleep(5 if failed else 0)  # Let a failing peer print its own error first.
       for p in procs:
         if p.poll() is None:
-          p.kill()
+          os.killpg(p.pid, signal.SIGKILL)
       break
     time.sleep(0.2)
   results = []
@@ -78,9 +90,9 @@ def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, s
   return results
 
 
-def multihost_commands(workdir, port, *, script=None, die_at=None):
+def multihost_commands(workdir, port, *extra_flags, script=None, die_at=None):
   """Two hosts of one run: `bash launch/run.sh` (train + export on process 0), or `script`."""
-  flags = [f"--config={CONFIG}:{STEPS}", f"--workdir={workdir}", *OVERRIDES]
+  flags = [f"--config={CONFIG}:{STEPS}", f"--workdir={workdir}", *OVERRIDES, *extra_flags]
   command = (["bash", str(REPO / "launch" / "run.sh"), *flags] if script is None
              else [sys.executable, str(script), *flags])
   extra = dict(LAIR_COORDINATOR=f"127.0.0.1:{port}", LAIR_NUM_PROCESSES="2")
@@ -165,7 +177,10 @@ def test_only_process_zero_writes_logs_eval_and_export(two_host_run):
   assert [r["step"] for r in loss_rows(workdir)] == [5, 10, STEPS]
   assert (workdir / "eval" / f"step_{STEPS}.json").exists()
   assert f"[####################] {STEPS}/{STEPS}" in out0 and "evaluation at step" in out0
-  assert "] 5/" not in out1 and "evaluation at step" not in out1
+  assert "] 5/" not in out1 and "evaluation at step" not in out1 and "so far" not in out1
+  # The best evaluation's params (config.eval.select_best) were kept, and best.json written once.
+  with open(workdir / "best.json", encoding="utf-8") as f:
+    assert json.load(f)["step"] == STEPS
   # launch/run.sh exports on process 0 only, from the 2-process checkpoint.
   assert f"exported step {STEPS} of {workdir}" in out0 and "exported" not in out1
   assert (workdir / "hf" / "model.safetensors").exists()
@@ -207,14 +222,17 @@ def test_killed_hosts_resume_to_the_same_params(tmp_path, reference_run):
   the unbroken one-process run."""
   workdir = tmp_path / "killed"
   die = REPO / "tests" / "train_and_die.py"
-  results = run_processes(multihost_commands(workdir, free_port(), script=die, die_at=10),
-                          tmp_path / "killed_logs")
+  # No evaluation (the other tests check it), and the data cache the reference built: quicker.
+  flags = ["--config.eval.sets=[]", f"--config.data.cache_dir={reference_run / 'data'}"]
+  results = run_processes(multihost_commands(workdir, free_port(), *flags, script=die,
+                                             die_at=10), tmp_path / "killed_logs")
   # Process 0 kills itself; process 1 either does too or is ended when its peer vanishes.
   assert results[0][0] == -signal.SIGKILL and results[1][0] != 0, describe(results)
   killed_at = checkpoint_lib.Checkpoints(str(workdir)).latest_step()
   assert killed_at in (4, 8), describe(results)
-  results = run_processes(multihost_commands(workdir, free_port(), script=die, die_at=10**6),
-                          tmp_path / "resumed_logs")
+  print(f"killed after the checkpoint at step {killed_at}; process 1 ended with {results[1][0]}")
+  results = run_processes(multihost_commands(workdir, free_port(), *flags, script=die,
+                                             die_at=10**6), tmp_path / "resumed_logs")
   assert [rc for rc, _ in results] == [0, 0], describe(results)
   for _, out in results:
     assert f"resumed from {workdir / 'checkpoints'}/{killed_at}" in out
