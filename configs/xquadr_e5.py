@@ -7,6 +7,7 @@ The ablation of docs/results.md (lair issue 5). `get_config(ARG)` picks the run:
     ir_sem        run 3: + semantic contrastive loss on English<->X parallel pairs (11 languages)
     ir_sem_lang   run 4: + language contrastive loss (z = the English IR queries and passages)
     lowres        run 5: run 4 with parallel pairs for deu and spa only
+    ir_sem_lang_mono  run 4 with z = monolingual sentences of all 12 languages (MONO_DIR)
 
     python -m lair.train --config=configs/xquadr_e5.py:ir_sem --workdir=/work/runs/ir_sem_s0 \
         --config.seed=0
@@ -42,12 +43,19 @@ EVAL_XQUAD_R_QUESTIONS = 300  # The first 300 question ids (of 1,190) in all 5 l
 # pool is every sentence, in all 5 languages, of the paragraphs those questions come from.
 EVAL_TATOEBA_PAIRS = 200  # The first 200 pairs of each of 31 languages.
 
-RUNS = {  # name -> (ir, semantic, language) weights and parallel languages.
-    "backbone": (0., 0., 0., PARALLEL_LANGUAGES),
-    "ir": (1., 0., 0., PARALLEL_LANGUAGES),
-    "ir_sem": (1., 1., 0., PARALLEL_LANGUAGES),
-    "ir_sem_lang": (1., 1., 1., PARALLEL_LANGUAGES),
-    "lowres": (1., 1., 1., LOW_RESOURCE_LANGUAGES),
+# Monolingual (non-parallel) sentences for the "ir_sem_lang_mono" variant's language loss: files
+# MONO_DIR/xxx.txt, one sentence a line, written by scripts/run_ablation.sh (sentences taken one
+# side at a time from the parallel TSVs).
+MONO_DIR = pathlib.Path(os.environ.get("LAIR_MONO_DIR", "/work/runs/mono"))
+
+RUNS = {  # name -> (ir, semantic, language) weights, parallel languages, language loss's z.
+    "backbone": (0., 0., 0., PARALLEL_LANGUAGES, "ir"),
+    "ir": (1., 0., 0., PARALLEL_LANGUAGES, "ir"),
+    "ir_sem": (1., 1., 0., PARALLEL_LANGUAGES, "ir"),
+    "ir_sem_lang": (1., 1., 1., PARALLEL_LANGUAGES, "ir"),
+    "lowres": (1., 1., 1., LOW_RESOURCE_LANGUAGES, "ir"),
+    # Run 4 with z = monolingual sentences in all 12 languages instead of the English IR text.
+    "ir_sem_lang_mono": (1., 1., 1., PARALLEL_LANGUAGES, "mono"),
 }
 
 
@@ -61,7 +69,7 @@ def tatoeba_spec(data_dir: pathlib.Path, lang: str) -> str:
 def get_config(arg="ir_sem_lang"):
   if arg not in RUNS:
     raise ValueError(f"configs/xquadr_e5.py:{arg}: expected one of {sorted(RUNS)}")
-  ir_weight, semantic_weight, language_weight, parallel_languages = RUNS[arg]
+  ir_weight, semantic_weight, language_weight, parallel_languages, z_inputs = RUNS[arg]
   c = configs.default_config()
   c.seed = 0
 
@@ -92,9 +100,11 @@ def get_config(arg="ir_sem_lang"):
   c.loss.ir_weight = ir_weight
   c.loss.semantic_weight = semantic_weight
   c.loss.language_weight = language_weight
-  # z of the language loss: the IR batch's own (English, non-parallel) queries and passages,
-  # already embedded for the IR loss, so the term costs no extra encoder pass.
-  c.loss.language_inputs = "ir"
+  # z of the language loss: by default the IR batch's own (English, non-parallel) queries and
+  # passages, already embedded for the IR loss, so the term costs no extra encoder pass.
+  c.loss.language_inputs = z_inputs
+  if z_inputs == "mono":
+    c.data.mono.paths = [f"{l}:{MONO_DIR / l}.txt" for l in c.data.languages]
 
   c.train.batch_size = 16
   c.train.parallel_batch_size = 16

@@ -30,7 +30,8 @@ E5_RUNS = [("1 backbone (no training)", "e5_backbone"),
            ("2 IR", "e5_ir"),
            ("3 IR + semantic", "e5_ir_sem"),
            ("4 IR + semantic + language", "e5_ir_sem_lang"),
-           ("5 low-resource (4 with deu+spa pairs only)", "e5_lowres")]
+           ("5 low-resource (4 with deu+spa pairs only)", "e5_lowres"),
+           ("4m = 4 with monolingual z (12 languages)", "e5_ir_sem_lang_mono")]
 EMS_RUNS = [("6a EMS: XTR + contrastive", "ems_xtr_cl"), ("6b EMS: contrastive only", "ems_cl")]
 
 
