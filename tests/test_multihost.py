@@ -29,7 +29,7 @@ STEPS = 12
 # Checkpoints at 4, 8 and 12; logs at 5, 10 and 12; one Tatoeba evaluation at the end.
 OVERRIDES = ["--config.train.checkpoint_every=4", "--config.train.eval_every=0",
              "--config.train.keep_checkpoints=3"]
-DEADLINE_S = 240
+DEADLINE_S = 180  # A 2-process run takes 30-50 s on 2 busy cores.
 COMPILATION_CACHE = None  # Set by the compilation_cache fixture.
 
 
@@ -61,8 +61,9 @@ def free_port() -> int:
 def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, str]]:
   """Runs the processes together; [(returncode, stdout + stderr)] in order.
 
-  When one fails or the deadline passes, the rest are SIGKILLed: a peer of a dead process
-  would otherwise wait in a collective (or the coordination service) for minutes.
+  When one fails (exits non-zero or prints a Python traceback) or the deadline passes, all are
+  SIGKILLed: a peer of a failed process waits in a collective for minutes, and the failed one
+  itself waits for its peers at the distributed shutdown barrier before it exits.
   """
   out_dir.mkdir(parents=True, exist_ok=True)
   logs = [open(out_dir / f"process_{i}.log", "w+", encoding="utf-8")
@@ -73,7 +74,8 @@ def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, s
            for (command, env), log in zip(commands_and_envs, logs)]
   deadline = time.time() + DEADLINE_S
   while any(p.poll() is None for p in procs):
-    failed = any(p.returncode not in (None, 0) for p in procs)
+    failed = (any(p.returncode not in (None, 0) for p in procs)
+              or any("Traceback (most recent call last)" in printed(log) for log in logs))
     if failed or time.time() > deadline:
       time.sleep(5 if failed else 0)  # Let a failing peer print its own error first.
       for p in procs:
@@ -88,6 +90,12 @@ def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, s
     results.append((p.returncode, log.read()))
     log.close()
   return results
+
+
+def printed(log) -> str:
+  """What a process has written to its log so far."""
+  with open(log.name, encoding="utf-8", errors="replace") as f:
+    return f.read()
 
 
 def multihost_commands(workdir, port, *extra_flags, script=None, die_at=None):
