@@ -129,17 +129,22 @@ def tatoeba_languages(runs: dict) -> list:
   return []
 
 
-def tatoeba_table(runs: dict, run_list: list, languages: list) -> str:
-  """Rows: languages and group means; columns: runs. Accuracy = mean of both directions."""
+def tatoeba_table(runs: dict, run_list: list, languages: list, by_group: bool = True) -> str:
+  """Rows: languages and group means; columns: runs. Accuracy = mean of both directions.
+
+  by_group: add the means over run 5's groups (its deu+spa, the 9 parallel-data languages it
+  has no pairs for, all 11, the languages no run has pairs for); else only the overall mean.
+  """
   others = [l for l in languages if l not in PARALLEL_LANGUAGES]
-  groups = [
-      ("**mean, deu+spa**", LOW_RESOURCE_LANGUAGES),
-      ("**mean, 9 other parallel-data languages**",
-       [l for l in PARALLEL_LANGUAGES if l not in LOW_RESOURCE_LANGUAGES]),
-      ("**mean, 11 parallel-data languages**", PARALLEL_LANGUAGES),
-      (f"**mean, {len(others)} languages without parallel data**", others),
-      (f"**mean, all {len(languages)}**", languages),
-  ]
+  groups = [(f"**mean, all {len(languages)}**", languages)]
+  if by_group:
+    groups = [
+        ("**mean, deu+spa** (pairs in run 5)", LOW_RESOURCE_LANGUAGES),
+        ("**mean, the 9 other parallel-data languages** (no pairs in run 5)",
+         [l for l in PARALLEL_LANGUAGES if l not in LOW_RESOURCE_LANGUAGES]),
+        ("**mean, 11 parallel-data languages**", PARALLEL_LANGUAGES),
+        (f"**mean, {len(others)} languages without parallel data**", others),
+    ] + groups
   header = ["language"] + [label.split(" ")[0] + " " + name.replace("e5_", "")
                            for label, name in run_list]
   rows = []
@@ -155,6 +160,18 @@ def tatoeba_table(runs: dict, run_list: list, languages: list) -> str:
                        if all(f"tatoeba/acc/{l}" in m for l in langs)]))
     rows.append(row)
   return markdown_table(header, rows)
+
+
+def direction_table(runs: dict, run_list: list, languages: list) -> str:
+  """Rows: runs; columns: Tatoeba accuracy xxx->eng, eng->xxx and both, means over languages."""
+  rows = []
+  for label, name in run_list:
+    row = [label]
+    for metric in ("acc_x2y", "acc_y2x", "acc"):
+      row.append(cell([group_mean(m, f"tatoeba/{metric}", languages) for _, m, _ in runs[name]
+                       if all(f"tatoeba/{metric}/{l}" in m for l in languages)]))
+    rows.append(row)
+  return markdown_table(["run", "xxx→eng", "eng→xxx", "mean of both"], rows)
 
 
 def seconds_per_step(workdir: str) -> float:
@@ -337,8 +354,12 @@ def main(argv=None):
   print(xquad_r_table(runs))
   print("\n## Tatoeba accuracy (mean of xxx->eng and eng->xxx), runs 1-5\n")
   print(tatoeba_table(runs, E5_RUNS, languages))
+  print(f"\n## Tatoeba accuracy by direction, mean over the {len(languages)} languages\n")
+  print(direction_table(runs, E5_RUNS, languages))
   print("\n## EMS from scratch: Tatoeba accuracy, 11 parallel-data languages\n")
-  print(tatoeba_table(runs, EMS_RUNS, PARALLEL_LANGUAGES))
+  print(tatoeba_table(runs, EMS_RUNS, PARALLEL_LANGUAGES, by_group=False))
+  print("\nBy direction, mean over the 11 languages:\n")
+  print(direction_table(runs, EMS_RUNS, PARALLEL_LANGUAGES))
   print("\n## Wall time per run\n")
   print(wall_table(runs, args.runs))
   map20_plot(runs, args.png)
