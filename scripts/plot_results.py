@@ -187,6 +187,8 @@ def seconds_per_step(workdir: str) -> float:
   if any(loss[k] > 0 for k in ("semantic_weight", "language_weight", "xtr_weight",
                                "ems_contrastive_weight")):
     rows += train["parallel_batch_size"]
+  if loss["language_weight"] > 0 and config["data"]["mono"]["paths"]:
+    rows += train["mono_batch_size"]  # The pipeline reads the mono stream (pipeline.py).
   with open(path, encoding="utf-8") as f:
     rates = [r["examples_per_s"] for r in map(json.loads, f) if "examples_per_s" in r]
   return float(rows / np.median(rates[1:])) if len(rates) > 1 else float("nan")
