@@ -5,7 +5,7 @@ Run 6 of docs/results.md (lair issue 5). `get_config(ARG)`:
     xtr_cl   cross-lingual token reconstruction (XTR) + EMS's sentence contrastive loss
     cl       the sentence contrastive loss only
 
-    python -m lair.train --config=configs/ems_small.py:xtr_cl --workdir=/work/runs/ems_xtr_cl
+    python -m lair.train --config=configs/ems_small.py:xtr_cl --workdir=runs/ablation/ems_xtr_cl
 
 The tokenizer (WordPiece, 16k pieces) is trained on the fly from the 11 English<->X parallel
 TSVs in ../shared/data/parallel/ (config.data.parallel.paths: shared locations as examples).
@@ -19,7 +19,7 @@ import pathlib
 from lair import configs
 
 # The data locations, language lists and Tatoeba paths are the e5 ablation's (one place).
-E5_ABLATION = configs._import_config_file(  # pylint: disable=protected-access
+E5_ABLATION = configs.import_config_file(
     str(pathlib.Path(__file__).with_name("xquadr_e5.py")))
 SHARED = E5_ABLATION.SHARED
 PARALLEL_LANGUAGES = E5_ABLATION.PARALLEL_LANGUAGES

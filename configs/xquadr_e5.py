@@ -9,7 +9,7 @@ The ablation of docs/results.md (lair issue 5). `get_config(ARG)` picks the run:
     lowres        run 5: run 4 with parallel pairs for deu and spa only
     ir_sem_lang_mono  run 4 with z = monolingual sentences of all 12 languages (MONO_DIR)
 
-    python -m lair.train --config=configs/xquadr_e5.py:ir_sem --workdir=/work/runs/ir_sem_s0 \
+    python -m lair.train --config=configs/xquadr_e5.py:ir_sem --workdir=runs/ablation/ir_sem_s0 \
         --config.seed=0
     bash scripts/run_ablation.sh        # the whole table, resumable
 
@@ -46,7 +46,7 @@ EVAL_TATOEBA_PAIRS = 200  # The first 200 pairs of each of 31 languages.
 # Monolingual (non-parallel) sentences for the "ir_sem_lang_mono" variant's language loss: files
 # MONO_DIR/xxx.txt, one sentence a line, written by scripts/run_ablation.sh (sentences taken one
 # side at a time from the parallel TSVs).
-MONO_DIR = pathlib.Path(os.environ.get("LAIR_MONO_DIR", "/work/runs/mono"))
+MONO_DIR = pathlib.Path(os.environ.get("LAIR_MONO_DIR", REPO / "runs" / "ablation" / "mono"))
 
 RUNS = {  # name -> (ir, semantic, language) weights, parallel languages, language loss's z.
     "backbone": (0., 0., 0., PARALLEL_LANGUAGES, "ir"),

@@ -116,7 +116,7 @@ def default_config() -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------------------------------------
 
 
-def _import_config_file(path: str):
+def import_config_file(path: str):
   """Imports `path` as a module (the repository stays importable: configs import lair)."""
   spec = importlib.util.spec_from_file_location(f"lair_config_{abs(hash(path))}", path)
   if spec is None or not os.path.isfile(path):
@@ -201,7 +201,7 @@ def load_config(path_with_arg: str, overrides: Sequence[str] = ()) -> ml_collect
     The locked ConfigDict (adding a key afterwards is an error).
   """
   path, _, arg = path_with_arg.partition(":")
-  module = _import_config_file(path)
+  module = import_config_file(path)
   config = module.get_config(arg) if arg else module.get_config()
   if not isinstance(config, ml_collections.ConfigDict):
     raise TypeError(f"--config={path}: get_config() returned {type(config).__name__}; "

@@ -1,6 +1,6 @@
 r"""Tables (Markdown, stdout) and the per-language XQuAD-R mAP@20 plot (PNG) of the ablation.
 
-    python scripts/plot_results.py --runs=/work/runs --png=docs/results_map20.png > results.md
+    python scripts/plot_results.py --runs=runs/ablation --png=docs/results_map20.png > results.md
 
 Reads the run directories scripts/run_ablation.sh writes (RUNS/NAME/eval/*.json and
 RUNS/NAME/wall_seconds). Runs with several seeds (NAME_s0, NAME_s1, ...) are shown as
@@ -345,7 +345,7 @@ def map20_plot(runs: dict, path: str) -> None:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--runs", default="/work/runs", help="the run directories' parent")
+  parser.add_argument("--runs", default="runs/ablation", help="the run directories' parent")
   parser.add_argument("--png", default="docs/results_map20.png", help="where the plot goes")
   args = parser.parse_args(argv)
   runs = {name: read_seeds(args.runs, name) for _, name in E5_RUNS + EMS_RUNS}

@@ -3,7 +3,7 @@
 #
 #   bash scripts/run_ablation.sh [--config.KEY=VALUE ...]      # e.g. --config.train.steps=10
 #
-# Environment: RUNS (default /work/runs) holds one workdir per run; SEEDS (default "0 1") are the
+# Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS (default "0 1") are the
 # seeds of runs 2-4; PYTHON (default python3). Extra --config.* flags go to every run.
 #
 # Resumable: a run whose result JSON (WORKDIR/eval/*.json) exists is skipped, and an unfinished
@@ -16,7 +16,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-RUNS="${RUNS:-/work/runs}"
+RUNS="${RUNS:-$root/runs/ablation}"
 SEEDS="${SEEDS:-0 1}"
 PYTHON="${PYTHON:-python3}"
 E5="${E5:-$HOME/.cache/lair/multilingual-e5-small}"
