@@ -92,7 +92,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0  # 0: evaluate only at the end.
 
-  # Device mesh: the `data` axis size (-1: all devices). FSDP shards params along it by name.
+  # Device mesh: the `data` axis size (-1: all devices). FSDP shards along it every param (and
+  # its optimiser moments) of at least fsdp_min_size elements, by size, not by name.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=False, fsdp_min_size=2**18))
 
   # Evaluation: named sets, each with a kind and its files.
