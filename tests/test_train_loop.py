@@ -172,3 +172,19 @@ def test_export_loads_in_transformers_and_matches(tmp_path, unbroken_run):
   ours = retriever.embed(params["retriever"], tokens["input_ids"].numpy(),
                          tokens["attention_mask"].numpy(), rcfg=rcfg)
   np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
+
+
+def test_mesh_data_is_checked_against_the_devices(monkeypatch):
+  from lair.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  count = len(jax.devices())
+  assert mesh_lib.make_mesh(-1).shape["data"] == mesh_lib.make_mesh(count).shape["data"] == count
+  for data in (0, -2, count + 1):
+    with pytest.raises(ValueError, match=rf"config\.mesh\.data={data}: expected -1 or 1\.\."):
+      mesh_lib.make_mesh(data)
+  # Several processes: a mesh over fewer devices than all would leave some processes none.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  for data in (0, -2, count + 1):
+    with pytest.raises(ValueError, match=rf"config\.mesh\.data={data}: with 2 processes .* "
+                                         rf"expected -1 or {count}"):
+      mesh_lib.make_mesh(data)
+  assert mesh_lib.make_mesh(-1).shape["data"] == count

@@ -15,13 +15,22 @@ DATA_AXIS = "data"
 
 
 def make_mesh(data: int = -1) -> Mesh:
-  """A 1-D mesh over `data` devices (-1: all of them), axis name "data"."""
+  """A 1-D mesh over `data` devices (-1: all of them), axis name "data".
+
+  On several processes the mesh must span every device: the first `data` devices of
+  jax.devices() are process 0's, and a process owning none of the mesh fails later, obscurely.
+  """
   devices = jax.devices()
+  if jax.process_count() > 1:
+    if data not in (-1, len(devices)):
+      raise ValueError(
+          f"config.mesh.data={data}: with {jax.process_count()} processes the mesh must span "
+          f"all devices; expected -1 or {len(devices)} (the global device count)")
+  elif data != -1 and not 1 <= data <= len(devices):
+    raise ValueError(f"config.mesh.data={data}: expected -1 or 1..{len(devices)} "
+                     f"(the number of devices)")
   if data == -1:
     data = len(devices)
-  if not 1 <= data <= len(devices):
-    raise ValueError(f"config key mesh.data={data}: expected -1 or 1..{len(devices)} "
-                     f"(the number of devices)")
   return Mesh(np.asarray(devices[:data]), (DATA_AXIS,))
 
 
