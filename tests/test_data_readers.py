@@ -424,3 +424,27 @@ def test_build_real_squad_and_parallel(shared_data, tmp_path):
   par = builders.build_parallel(c, str(tmp_path))
   expected = sum(_line_count(f) - 1 for f in files) - sum(par.stats["skipped"].values())
   assert len(par.source) == par.stats["rows"] == expected
+
+
+def test_build_ir_beir_counts_positive_pairs(tmp_path):
+  root = _beir_fixture(tmp_path)
+  c = _config()
+  c.data.ir.update(dict(format="beir", paths=[str(root)], num_negatives=0))
+  built = builders.build_ir(c, str(tmp_path / "cache"))
+  # The fixture's qrels, read by hand: q1-d1 (1) and q2-d2 (2) are positive, q2-d1 is 0.
+  assert len(built.source) == built.stats["rows"] == 2
+  assert "capped" not in built.stats
+  assert built.stats["skipped"][readers.UNKNOWN_ID] == 2
+  # Documents and queries but no positive judgement: an error naming the folder.
+  _write(root / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t0\n")
+  with pytest.raises(readers.DataError, match=f"{root}: no usable positive qrels pair"):
+    builders.build_ir(c, str(tmp_path / "cache"))
+
+
+def test_build_parallel_reports_capped(tmp_path):
+  tsv = "source\teng\tdeu\n" + "".join(f"s\ten {i}\tde {i}\n" for i in range(10))
+  c = _config()
+  c.data.parallel.paths = [_write(tmp_path / "en-deu.tsv", tsv)]
+  c.data.parallel.max_pairs_per_language = 4
+  built = builders.build_parallel(c, str(tmp_path / "cache"))
+  assert built.stats["rows"] == 4 and built.stats["capped"] == 10 - 4

@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from lair.data import readers
 
 # Bump when the readers or the features change what a build writes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BEIR stats count the pairs written, not every line read.
 _STATS_FILE = "lair_stats.json"
 
 
@@ -126,7 +126,7 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
       written[0] += 1
       yield row
     # Checked here, before tfds finalizes (it fails on an empty split with less to say).
-    if not sum(log.kept.values()):
+    if not written[0]:
       raise readers.DataError(f"stream {name!r}: no usable rows in {files} "
                               f"(skipped: {log.total_skipped()})")
 
@@ -140,9 +140,9 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
     stats = log.as_dict()
-    if written[0] != stats["rows"]:  # Rows read but left out on purpose (a cap), logged there.
-      stats["capped"] = stats["rows"] - written[0]
-      stats["rows"] = written[0]
+    stats["rows"] = written[0]  # Per-file counts are rows read; a reader may read more.
+    if log.capped:  # Rows read but left out on purpose, counted and logged by the cap.
+      stats["capped"] = log.capped
     with open(stats_path + ".tmp", "w") as f:
       json.dump(stats, f, indent=1)
     os.replace(stats_path + ".tmp", stats_path)
@@ -192,8 +192,12 @@ def build_ir(config, cache_dir: str) -> BuiltStream:
                     cache_dir=cache_dir, strict=config.data.strict)
 
 
-def _cap_per_language(rows: Iterable[dict], cap: int) -> Iterator[dict]:
-  """At most `cap` rows per (src_lang, tgt_lang): a seeded uniform sample in file order."""
+def _cap_per_language(rows: Iterable[dict], cap: int,
+                      log: readers.SkipLog) -> Iterator[dict]:
+  """At most `cap` rows per (src_lang, tgt_lang): a seeded uniform sample in file order.
+
+  The rows left out are added to `log.capped`.
+  """
   by_pair = {}
   for row in rows:
     by_pair.setdefault((row["src_lang"], row["tgt_lang"]), []).append(row)
@@ -201,6 +205,7 @@ def _cap_per_language(rows: Iterable[dict], cap: int) -> Iterator[dict]:
     if len(pair_rows) > cap:
       logging.info("parallel %s: keeping %d of %d pairs (max_pairs_per_language)",
                    pair, cap, len(pair_rows))
+      log.capped += len(pair_rows) - cap
       keep = np.sort(np.random.default_rng(list(pair)).choice(len(pair_rows), cap, replace=False))
       pair_rows = [pair_rows[i] for i in keep]
     yield from pair_rows
@@ -226,7 +231,7 @@ def build_parallel(config, cache_dir: str) -> BuiltStream:
   def rows(log):
     all_rows = (row for path in par.paths for row in read(path, log))
     if par.max_pairs_per_language:
-      all_rows = _cap_per_language(all_rows, int(par.max_pairs_per_language))
+      all_rows = _cap_per_language(all_rows, int(par.max_pairs_per_language), log)
     yield from all_rows
 
   features = tfds.features.FeaturesDict({

@@ -56,6 +56,9 @@ class SkipLog:
     self.strict = strict
     self.kept = collections.Counter()  # file -> rows kept
     self.skipped = collections.defaultdict(collections.Counter)  # file -> reason -> n
+    # Rows read but left out on purpose by a cap (builders' max_pairs_per_language),
+    # counted by the cap itself.
+    self.capped = 0
 
   def keep(self, path: str, n: int = 1) -> None:
     self.kept[str(path)] += n
@@ -597,10 +600,21 @@ def read_beir(folder, *, split: str = "test", log: SkipLog | None = None) -> Bei
 
 def read_beir_pairs(folder, *, split: str = "train",
                     log: SkipLog | None = None) -> Iterator[dict]:
-  """IR rows `{"query", "passage"}` for each (query, document) of qrels score > 0."""
-  beir = read_beir(folder, split=split, log=log)
+  """IR rows `{"query", "passage"}` for each (query, document) of qrels score > 0.
+
+  Only the pairs yielded count as rows (under `folder`); the documents, queries and
+  judgements read on the way add only their skips to `log`. A folder without a
+  positive judgement is a `DataError`.
+  """
+  log = _log_or_default(log)
+  read_log = SkipLog(strict=log.strict)  # Its skips are logged already; copied below.
+  beir = read_beir(folder, split=split, log=read_log)
+  for path, counts in read_log.skipped.items():
+    log.skipped[path].update(counts)
   for qid, docs in beir.qrels.items():
     for doc_id, score in docs.items():
       if score > 0:
+        log.keep(folder)
         yield {"query": beir.queries[qid], "passage": beir_passage(beir.corpus[doc_id]),
                "negatives": []}
+  log.end_file(folder, "positive qrels pair")
