@@ -307,7 +307,9 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         results = maybe_evaluate(config, state, rcfg, tokenizer, workdir, done)
         writer.write(done, results, echo=False)
         keep_if_best(config, results, state, done, best, workdir)
-        tick = time.time()  # Evaluation time is not training throughput.
+        # Evaluation time is not training throughput: restart the clock and the counts at once.
+        examples = tokens = 0
+        tick = time.time()
     if pending is not None:
       check_finite(*pending, last_checkpoint)
     if first < total:
