@@ -17,8 +17,10 @@ INSTALL_REQUIRES = [
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "tensorflow-datasets==4.9.10",
+    "etils==1.15.0",  # lair.data.builders imports it (epath), not only tfds.
     "array-record==0.8.6",
-    "scann==1.4.2",
+    # ScaNN publishes Linux wheels only (x86_64, aarch64); elsewhere evaluation uses exact search.
+    "scann==1.4.2; platform_system == 'Linux'",
     "tensorboardX==2.6.5",
 ]
 

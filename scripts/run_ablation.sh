@@ -3,12 +3,16 @@
 #
 #   bash scripts/run_ablation.sh [--config.KEY=VALUE ...]      # e.g. --config.train.steps=10
 #
-# Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS (default "0 1") are the
-# seeds of runs 2-4; PYTHON (default python3). Extra --config.* flags go to every run.
+# Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS
+# (default "0 1") are the seeds of runs 2-4; PYTHON (default python3); E5 the multilingual-e5-small
+# directory for run 1 (default ~/.cache/lair/multilingual-e5-small; the configs read the same
+# path); LAIR_SHARED_DATA the data folder (default ../shared/data). Extra --config.* flags go to
+# every run.
 #
-# Resumable: a run whose result JSON (WORKDIR/eval/*.json) exists is skipped, and an unfinished
-# training run resumes from the last checkpoint in its workdir (lair.train does that). Each run's
-# wall time (summed over attempts) is kept in WORKDIR/wall_seconds and its log in WORKDIR/log.txt.
+# Resumable: a run that finished (WORKDIR/DONE, written when its command exits 0) is skipped, and
+# an unfinished training run resumes from the last checkpoint in its workdir (lair.train does
+# that). Each run's wall time, summed over attempts (failed ones too), is kept in
+# WORKDIR/wall_seconds and its log in WORKDIR/log.txt.
 # The order is the priority order: run 1; runs 2-4 seed 0; run 5; runs 2-4 other seeds; run 6;
 # then the extras (run 4 with monolingual z, run 5 with the other seeds).
 # Then scripts/plot_results.py writes the tables (RUNS/results.md) and docs/results_map20.png.
@@ -25,20 +29,26 @@ export LAIR_MONO_DIR="$RUNS/mono"  # configs/xquadr_e5.py:ir_sem_lang_mono reads
 common=(--config.data.cache_dir="$RUNS/cache" "$@")
 mkdir -p "$RUNS"
 
-# run NAME COMMAND...: runs COMMAND unless RUNS/NAME/eval/ holds a result; logs and times it.
+# run NAME COMMAND...: runs COMMAND unless RUNS/NAME/DONE exists; logs and times it.
 run() {
   local name="$1"; shift
   local workdir="$RUNS/$name"
-  if compgen -G "$workdir/eval/*.json" > /dev/null; then
+  if [[ -e "$workdir/DONE" ]]; then
     echo "lair ablation: $name done ($(cat "$workdir/wall_seconds" 2>/dev/null || echo '?') s), skipped"
     return
   fi
   mkdir -p "$workdir"
   echo "lair ablation: $name started $(date -u +%H:%M:%S)"
   local start; start=$(date +%s)
-  "$@" >> "$workdir/log.txt" 2>&1
+  local status=0
+  "$@" >> "$workdir/log.txt" 2>&1 || status=$?
   local spent=$(( $(date +%s) - start + $(cat "$workdir/wall_seconds" 2>/dev/null || echo 0) ))
   echo "$spent" > "$workdir/wall_seconds"
+  if (( status != 0 )); then
+    echo "lair ablation: $name failed (exit $status) after ${spent} s; see $workdir/log.txt" >&2
+    exit "$status"
+  fi
+  touch "$workdir/DONE"
   echo "lair ablation: $name finished in ${spent} s"
 }
 
