@@ -203,6 +203,12 @@ class SquadQuestion:
   paragraph_index: int  # Running index of the paragraph in the file.
 
 
+def _sentence_breaks(paragraph: dict, context: str) -> list[tuple[int, int]]:
+  """The paragraph's `sentence_breaks` (XQuAD-R), else `split_sentences(context)`."""
+  breaks = paragraph.get("sentence_breaks")
+  return [tuple(b) for b in breaks] if breaks else split_sentences(context)
+
+
 def iter_squad_questions(path, *, log: SkipLog | None = None) -> Iterator[SquadQuestion]:
   """Every usable question of a SQuAD-format JSON file (v1.1, XQuAD, XQuAD-R).
 
@@ -210,9 +216,14 @@ def iter_squad_questions(path, *, log: SkipLog | None = None) -> Iterator[SquadQ
   else from `split_sentences`. Skips (counted in `log`): a question that is empty
   or missing, a paragraph without context, an answer not in its context.
   """
+  return _iter_questions(path, _load_json(path)["data"], log=log)
+
+
+def _iter_questions(path, data: list, *, log: SkipLog | None) -> Iterator[SquadQuestion]:
+  """`iter_squad_questions` of the already parsed `data` list of `path`."""
   log = _log_or_default(log)
   paragraph_index = -1
-  for i, article in enumerate(_load_json(path)["data"]):
+  for i, article in enumerate(data):
     for j, paragraph in enumerate(article.get("paragraphs", [])):
       paragraph_index += 1
       where = f"data[{i}].paragraphs[{j}]"
@@ -222,8 +233,7 @@ def iter_squad_questions(path, *, log: SkipLog | None = None) -> Iterator[SquadQ
         for k in range(len(qas)):
           log.skip(path, f"{where}.qas[{k}]", EMPTY_TEXT, "paragraph has no context")
         continue
-      breaks = paragraph.get("sentence_breaks")
-      breaks = ([tuple(b) for b in breaks] if breaks else split_sentences(context))
+      breaks = _sentence_breaks(paragraph, context)
       for k, qa in enumerate(qas):
         qwhere = f"{where}.qas[{k}] (id {qa.get('id')})"
         question = qa.get("question")
@@ -280,6 +290,15 @@ class LareqaSet:
   contexts: list[str]
 
 
+def _pool_sentences(paragraph: dict, context: str,
+                    breaks: Sequence[tuple[int, int]]) -> list[str]:
+  """A paragraph's sentences: its `sentences` when they match `breaks` one to one,
+  else the context cut at `breaks`."""
+  given = paragraph.get("sentences")
+  texts = given if given and len(given) == len(breaks) else [context[s:e] for s, e in breaks]
+  return [clean_text(t) for t in texts]
+
+
 def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
   """Reads one XQuAD-R / LAReQA language file (SQuAD JSON with `sentence_breaks`).
 
@@ -293,18 +312,19 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
                      question_ids=[], questions=[], answer=[], sentences=[],
                      sentence_context=[], contexts=[])
   first_sentence = {}  # paragraph_index -> index of its first sentence in the pool
+
+  def add_paragraph(index: int, context: str, breaks: Sequence[tuple[int, int]]) -> None:
+    first_sentence[index] = len(result.sentences)
+    texts = _pool_sentences(paragraphs[index], context, breaks)
+    result.contexts.append(context)
+    result.sentences.extend(texts)
+    result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
+
   data = _load_json(path)["data"]
   paragraphs = [p for a in data for p in a.get("paragraphs", [])]
-  for q in iter_squad_questions(path, log=log):
+  for q in _iter_questions(path, data, log=log):
     if q.paragraph_index not in first_sentence:
-      first_sentence[q.paragraph_index] = len(result.sentences)
-      given = paragraphs[q.paragraph_index].get("sentences")
-      texts = [clean_text(t) for t in (
-          given if given and len(given) == len(q.sentence_breaks) else
-          [q.context[s:e] for s, e in q.sentence_breaks])]
-      result.contexts.append(q.context)
-      result.sentences.extend(texts)
-      result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
+      add_paragraph(q.paragraph_index, q.context, q.sentence_breaks)
     # The first sentence that overlaps the answer is the answer sentence.
     index = next(n for n, (s, e) in enumerate(q.sentence_breaks)
                  if s == q.answer_sentence[0])
@@ -316,12 +336,7 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
     context = paragraph.get("context")
     if index in first_sentence or not isinstance(context, str) or not context.strip():
       continue
-    breaks = paragraph.get("sentence_breaks") or split_sentences(context)
-    texts = [clean_text(t) for t in
-             paragraph.get("sentences") or [context[s:e] for s, e in breaks]]
-    result.contexts.append(context)
-    result.sentences.extend(texts)
-    result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
+    add_paragraph(index, context, _sentence_breaks(paragraph, context))
   return result
 
 
