@@ -188,3 +188,24 @@ def test_mesh_data_is_checked_against_the_devices(monkeypatch):
                                          rf"expected -1 or {count}"):
       mesh_lib.make_mesh(data)
   assert mesh_lib.make_mesh(-1).shape["data"] == count
+
+
+def test_best_step_saved_before_a_kill_is_not_saved_twice(tmp_path):
+  # Killed after best/ got step 7 but before best.json was written: the resumed run reaches
+  # step 7's evaluation again and must not ask orbax to save an existing step.
+  from lair.train import loop  # pylint: disable=g-import-not-at-top
+  config = configs.default_config()
+  config.eval.select_best = "acc"
+  params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  best = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, folder="best")
+  try:
+    best.save_params(7, params)
+    best.wait()
+    loop.keep_if_best(config, {"acc": 0.5}, {"params": params}, 7, best, str(tmp_path))
+    assert best.all_steps() == [7]
+  finally:
+    best.close()
+  with open(tmp_path / "best.json", encoding="utf-8") as f:
+    assert json.load(f) == {"step": 7, "metric": "acc", "value": 0.5}
+  _, restored = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, folder="best").restore_params()
+  np.testing.assert_array_equal(restored["w"], params["w"])

@@ -178,8 +178,11 @@ def keep_if_best(config, results: Mapping[str, float], state, step: int,
       previous = json.load(f)
   if previous is not None and previous["metric"] == key and results[key] <= previous["value"]:
     return
-  best.save_params(step, state["params"])
-  best.wait()
+  # A run killed after this save but before best.json was written comes back here with the same
+  # step (and, resuming exactly, the same params): orbax refuses to save an existing step again.
+  if step not in best.all_steps():
+    best.save_params(step, state["params"])
+    best.wait()
   if jax.process_index() == 0:
     with open(path, "w", encoding="utf-8") as f:
       json.dump({"step": step, "metric": key, "value": float(results[key])}, f)
