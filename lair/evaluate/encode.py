@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from lair.data import pipeline
 from lair.train import mesh as mesh_lib
 
 _LOG_EVERY_S = 30.0  # Progress lines (count, sentences/s) on long encodes.
@@ -41,11 +42,6 @@ def pad_token_id(tokenizer) -> int:
   if pad is None:
     raise ValueError(f"tokenizer {type(tokenizer).__name__} has no padding token")
   return int(pad)
-
-
-def length_buckets(max_len: int, buckets: Sequence[int] = (16, 32, 64, 128)) -> List[int]:
-  """Sorted padded lengths: the buckets below `max_len`, then `max_len` itself."""
-  return sorted({b for b in buckets if 0 < b < max_len} | {max_len})
 
 
 def pad_batches(ids: Sequence[Sequence[int]], *, batch_size: int, buckets: Sequence[int],
@@ -96,7 +92,8 @@ def make_text_encoder(params, rcfg, tokenizer, *, batch_size: int, max_len: int,
     max_len: token cut-off (including special tokens).
     prefix: prepended to every text (e5: "query: " / "passage: ").
     tower: "query" or "passage" (the same encoder when towers are shared).
-    buckets: padded lengths; batches pad to the smallest one that fits (see `length_buckets`).
+    buckets: padded lengths; batches pad to the smallest one that fits
+      (see `pipeline.bucket_lengths`).
     embed_fn: `embed(params, ids, mask, *, rcfg, tower)`; defaults to lair.models.retriever.embed.
     mesh: a mesh with a `data` axis; defaults to all devices (`lair.train.mesh.make_mesh`).
   """
@@ -108,7 +105,8 @@ def make_text_encoder(params, rcfg, tokenizer, *, batch_size: int, max_len: int,
   rows_sharding, replicated = mesh_lib.data_sharded(mesh), mesh_lib.replicated(mesh)
   params = jax.tree.map(
       lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, replicated), params)
-  bucket_lengths = length_buckets(max_len, buckets)
+  # The training pipeline's buckets, so evaluation pads to the same shapes.
+  lengths = pipeline.bucket_lengths(buckets, max_len)
   pad_id = pad_token_id(tokenizer)
 
   def to_global(x: np.ndarray) -> jax.Array:
@@ -119,7 +117,7 @@ def make_text_encoder(params, rcfg, tokenizer, *, batch_size: int, max_len: int,
     ids = tokenize(tokenizer, [prefix + t for t in texts], max_len)
     out = None
     start, last_log, done = time.time(), time.time(), 0
-    for rows, input_ids, mask in pad_batches(ids, batch_size=batch_size, buckets=bucket_lengths,
+    for rows, input_ids, mask in pad_batches(ids, batch_size=batch_size, buckets=lengths,
                                              pad_id=pad_id):
       emb = _embed_batch(params, to_global(input_ids), to_global(mask), embed_fn=embed_fn,
                          rcfg=rcfg, tower=tower, out_sharding=replicated)
