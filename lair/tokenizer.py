@@ -28,7 +28,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # In id order.
 
 # The header of a `source eng xxx` parallel TSV (see lair/data/readers.py).
-_PARALLEL_HEADER = re.compile(r"[^\t]*\t[a-z]{2,3}(_[A-Za-z]+)?\t[a-z]{2,3}(_[A-Za-z]+)?")
+_PARALLEL_HEADER = re.compile(rf"[^\t]*\t{readers.LANGUAGE_CODE}\t{readers.LANGUAGE_CODE}")
 
 
 def _squad_texts(path: str) -> Iterator[str]:

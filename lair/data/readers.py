@@ -111,6 +111,11 @@ def _log_or_default(log):
   return log if log is not None else SkipLog()
 
 
+# A language code as written in file headers and specs: ISO 639-3 ("eng"; 639-1 "en"
+# also passes), optionally with a script or variant ("zho_Hans").
+LANGUAGE_CODE = r"[a-z]{2,3}(?:_[A-Za-z]+)?"
+
+
 def language_id(code: str, languages: Sequence[str]) -> int | None:
   """Index of ISO 639-3 `code` in `languages` (config.data.languages), or None."""
   try:
@@ -383,7 +388,7 @@ def read_triples(path, *, num_negatives: int = 0,
 
 def _parallel_tsv_header(path, header: str) -> tuple[str, str]:
   fields = header.split("\t")
-  if len(fields) != 3 or not all(re.fullmatch(r"[a-z]{2,3}(_[A-Za-z]+)?", f) for f in fields[1:]):
+  if len(fields) != 3 or not all(re.fullmatch(LANGUAGE_CODE, f) for f in fields[1:]):
     raise DataError(f"{path}:1: expected a header 'source<TAB>eng<TAB>xxx' naming the "
                     f"languages (ISO 639-3), got {header[:80]!r}")
   return fields[1], fields[2]
@@ -502,7 +507,7 @@ def read_tatoeba(src_path, tgt_path, *,
 def parse_mono_spec(spec: str) -> tuple[str, str]:
   """(language code, path) from a config.data.mono.paths entry "xxx:PATH"."""
   code, sep, path = spec.partition(":")
-  if not sep or not re.fullmatch(r"[a-z]{2,3}(_[A-Za-z]+)?", code) or not path:
+  if not sep or not re.fullmatch(LANGUAGE_CODE, code) or not path:
     raise DataError(f"config.data.mono.paths entry {spec!r}: expected 'xxx:PATH' "
                     "(ISO 639-3 code, colon, file of one sentence per line)")
   return code, path
