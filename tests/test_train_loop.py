@@ -209,3 +209,19 @@ def test_best_step_saved_before_a_kill_is_not_saved_twice(tmp_path):
     assert json.load(f) == {"step": 7, "metric": "acc", "value": 0.5}
   _, restored = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, folder="best").restore_params()
   np.testing.assert_array_equal(restored["w"], params["w"])
+
+
+def test_final_evaluation_lost_to_a_kill_is_run_on_restart(tmp_path, unbroken_run, cache):
+  # Killed after the final checkpoint (step 50) but before the final evaluation wrote its
+  # results: the restart has no step to train, yet must still evaluate step 50.
+  workdir = tmp_path / "no_final_eval"
+  shutil.copytree(unbroken_run, workdir)
+  results = workdir / "eval" / f"step_{STEPS}.json"
+  with open(results, encoding="utf-8") as f:
+    expected = json.load(f)
+  results.unlink()
+  proc = run_training(workdir, cache)
+  assert f"evaluation at step {STEPS}:" in proc.stdout
+  with open(results, encoding="utf-8") as f:
+    assert json.load(f) == expected  # Same params, same sets: the unbroken run's numbers.
+  assert checkpoint_lib.Checkpoints(str(workdir)).all_steps() == [40, 50]  # Nothing trained.

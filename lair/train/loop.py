@@ -199,6 +199,26 @@ def maybe_evaluate(config, state, rcfg, tokenizer, workdir: str, step: int) -> d
                                   workdir=workdir, step=step)
 
 
+def final_evaluation_pending(config, workdir: str, first: int, total: int) -> bool:
+  """Whether the end-of-run evaluation is still to do.
+
+  Always after training steps; else (a restart of a run whose final checkpoint was saved)
+  when config.eval.sets is set and workdir/eval/step_{total}.json is missing: the run was
+  killed between that checkpoint and the end of the final evaluation.
+  """
+  if first < total:
+    return True
+  if not config.eval.sets:
+    return False
+  from lair.evaluate import run as eval_run  # pylint: disable=g-import-not-at-top
+  missing = not os.path.exists(eval_run.results_path(workdir, total))
+  if jax.process_count() > 1:
+    # The evaluation runs on every process, and process 0 writes the file: all follow its view.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
+  return missing
+
+
 # ------------------------------------------------------------------------------------------------
 # The loop.
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +335,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         tick = time.time()
     if pending is not None:
       check_finite(*pending, last_checkpoint)
-    if first < total:
+    if final_evaluation_pending(config, workdir, first, total):
       results = maybe_evaluate(config, state, rcfg, tokenizer, workdir, total)
       writer.write(total, results, echo=False)
       keep_if_best(config, results, state, total, best, workdir)
