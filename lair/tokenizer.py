@@ -40,22 +40,21 @@ def _squad_texts(path: str) -> Iterator[str]:
         yield qa.get("question") or ""
 
 
+def _lines(path: str) -> Iterator[str]:
+  """The lines of a UTF-8 text file, read as the training readers read them."""
+  return (line for _, line in readers._read_lines(path))  # pylint: disable=protected-access
+
+
 def _tsv_texts(path: str) -> Iterator[str]:
   """Text columns of a TSV: after the first (the sub-corpus) in a `source eng xxx` file,
   else every column (e.g. query, positive, negative triples)."""
-  with open(path, encoding="utf-8") as f:
-    first = f.readline().rstrip("\r\n")
-    parallel = bool(_PARALLEL_HEADER.fullmatch(first))
-    if not parallel:
-      yield from first.split("\t")
-    for line in f:
-      yield from line.rstrip("\r\n").split("\t")[1 if parallel else 0:]
-
-
-def _line_texts(path: str) -> Iterator[str]:
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      yield line.rstrip("\r\n")
+  lines = _lines(path)
+  first = next(lines, "")
+  parallel = bool(_PARALLEL_HEADER.fullmatch(first))
+  if not parallel:
+    yield from first.split("\t")
+  for line in lines:
+    yield from line.split("\t")[1 if parallel else 0:]
 
 
 def _resolve(path) -> str:
@@ -85,7 +84,7 @@ def corpus_texts(files: Sequence) -> Iterator[str]:
     elif path.endswith(".tsv"):
       texts = _tsv_texts(path)
     else:
-      texts = _line_texts(path)
+      texts = _lines(path)
     for text in texts:
       if text.strip():
         yield text
