@@ -19,7 +19,7 @@ Each entry of `config.eval.sets` is a dict:
   metrics     optional list overriding the defaults below (names like "ndcg@10").
   split       optional (beir): the qrels split, default "test".
   max_len     optional int: token cut-off for this set (default: config.data.max_query_len for
-              queries and sentences, max_passage_len for passages).
+              queries, max_sentence_len for Tatoeba sentences, max_passage_len for passages).
 
 Metrics come back flat: "{name}/{metric}/{group}" per language (or BEIR folder) and
 "{name}/{metric}/mean", the unweighted mean over groups.
