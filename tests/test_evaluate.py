@@ -293,3 +293,13 @@ def test_cli_restores_a_training_run_and_reproduces_its_evaluation(tmp_path):
   assert restored["metrics"].keys() == during_training["metrics"].keys()
   for key, value in during_training["metrics"].items():
     assert restored["metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_tatoeba_pairs_with_one_source_language_are_an_error(tmp_path):
+  for name, text in (("t.deu-eng.deu", "a\n"), ("t.deu-eng.eng", "b\n"),
+                     ("t.deu-fra.deu", "c\n"), ("t.deu-fra.fra", "d\n")):
+    (tmp_path / name).write_text(text, encoding="utf-8")
+  spec = dict(name="tat", kind="tatoeba",
+              paths=[str(tmp_path / "t.deu-eng"), str(tmp_path / "t.deu-fra")])
+  with pytest.raises(ValueError, match=r"'tat'.*t\.deu-eng.*t\.deu-fra.*'deu'"):
+    evaluators.load_tatoeba(spec)

@@ -179,10 +179,20 @@ def evaluate_lareqa(spec: Mapping, encoders: Encoders, searcher: Searcher,
 
 
 def load_tatoeba(spec: Mapping) -> Dict[str, tuple]:
-  """{language: (x sentences, y sentences)}, line i of x translating line i of y."""
-  pairs = {}
+  """{language: (x sentences, y sentences)}, line i of x translating line i of y.
+
+  Pairs are keyed by their source (x) language, so two paths with the same source
+  language (deu-eng and deu-fra) are a ValueError rather than one hiding the other.
+  """
+  pairs, path_of = {}, {}
   for path in spec["paths"]:
     (x_code, x_path), (_, y_path) = readers.parse_aligned_spec(path)
+    if x_code in path_of:
+      raise ValueError(f"config.eval.sets entry {spec.get('name', '?')!r}: paths "
+                       f"{path_of[x_code]!r} and {path!r} both have source language "
+                       f"{x_code!r}; expected one pair per source language (results are "
+                       "keyed by it)")
+    path_of[x_code] = path
     x, y = readers.read_tatoeba(x_path, y_path, log=readers.SkipLog())
     max_pairs = int(spec.get("max_pairs", 0) or 0)
     pairs[x_code] = (x[:max_pairs], y[:max_pairs]) if max_pairs else (x, y)
