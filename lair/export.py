@@ -27,16 +27,35 @@ def export(workdir: str, out: str, step: Optional[int | str] = None) -> pathlib.
   if tokenizer is None:
     raise FileNotFoundError(f"--workdir={workdir}: no tokenizer/ folder; export needs the "
                             f"run's tokenizer (runs whose config trains or imports one save it)")
+  prompts = read_prompts(workdir)
   if step == "best":
-    step, params = checkpoint_lib.Checkpoints(workdir, keep=1, folder="best").restore_params()
+    # The folder is checked before Checkpoints(), which would create it; training creates it
+    # empty when config.eval.select_best is unset.
+    best_dir = os.path.join(workdir, "best")
+    best = (checkpoint_lib.Checkpoints(workdir, keep=1, folder="best")
+            if os.path.isdir(best_dir) else None)
+    if best is None or not best.all_steps():
+      raise FileNotFoundError(
+          f"--step best: {best_dir} holds no best params; the run kept none (training keeps "
+          f"them when config.eval.select_best names a metric of config.eval.sets)")
+    step, params = best.restore_params()
   else:
     step, params = checkpoint_lib.Checkpoints(workdir).restore_params(step)
-  with open(os.path.join(workdir, "config.json")) as f:
-    model_cfg = json.load(f)["model"]
-  prompts = {"query": model_cfg["query_prefix"], "passage": model_cfg["passage_prefix"]}
   path = hf.export_hf(params["retriever"], rcfg, tokenizer, out, prompts=prompts)
   print(f"exported step {step} of {workdir} to {path}", flush=True)
   return path
+
+
+def read_prompts(workdir: str) -> dict[str, str]:
+  """{"query", "passage"}: the text prefixes of workdir/config.json's model ("" when unset)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: export reads the run's model.query_prefix and "
+                            f"model.passage_prefix from it (`python -m lair.train` writes it)")
+  with open(path, encoding="utf-8") as f:
+    model_cfg = json.load(f).get("model", {})
+  return {"query": model_cfg.get("query_prefix", ""),
+          "passage": model_cfg.get("passage_prefix", "")}
 
 
 def main(argv=None):

@@ -225,3 +225,24 @@ def test_final_evaluation_lost_to_a_kill_is_run_on_restart(tmp_path, unbroken_ru
   with open(results, encoding="utf-8") as f:
     assert json.load(f) == expected  # Same params, same sets: the unbroken run's numbers.
   assert checkpoint_lib.Checkpoints(str(workdir)).all_steps() == [40, 50]  # Nothing trained.
+
+
+def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
+  from lair import export  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  shutil.copytree(unbroken_run, workdir)
+  shutil.rmtree(workdir / "best")
+  with pytest.raises(FileNotFoundError, match=r"--step best: .* config\.eval\.select_best"):
+    export.export(str(workdir), str(tmp_path / "out"), step="best")
+  assert not (workdir / "best").exists()  # Not created as a side effect.
+  (workdir / "best").mkdir()  # What a run without select_best leaves: an empty best/.
+  with pytest.raises(FileNotFoundError, match=r"config\.eval\.select_best"):
+    export.export(str(workdir), str(tmp_path / "out"), step="best")
+  # A config.json without the prompt keys (older runs): no prompts, no KeyError.
+  config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  del config["model"]["query_prefix"], config["model"]["passage_prefix"]
+  (workdir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+  assert export.read_prompts(str(workdir)) == {"query": "", "passage": ""}
+  (workdir / "config.json").unlink()
+  with pytest.raises(FileNotFoundError, match=rf"{workdir / 'config.json'} not found"):
+    export.export(str(workdir), str(tmp_path / "out"), step=40)
