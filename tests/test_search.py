@@ -41,19 +41,31 @@ def test_exact_search_clips_k_to_the_pool():
   np.testing.assert_allclose(scores[:, 0], [1.0, 1.0])
 
 
-def test_scann_settings_scale_with_the_pool_and_respect_the_config():
-  s = search.scann_settings(10_000, 20)
-  assert s["num_leaves"] == 100 and s["num_leaves_to_search"] == 50
-  assert s["training_sample_size"] == 10_000 and s["reorder"] == 100
-  small = search.scann_settings(300, 20)  # Pruning a small pool saves little: search it all.
-  assert small["num_leaves"] == 17 and small["num_leaves_to_search"] == 17
-  assert search.scann_settings(8_000, 20)["num_leaves_to_search"] == 56  # 89 * 5000 / 8000.
-  big = search.scann_settings(4_000_000, 200)
-  assert big["num_leaves"] == 2000 and big["training_sample_size"] == 100_000
-  assert big["reorder"] == 200
+@pytest.mark.parametrize("n", [1, 2, 300, 4_999, 5_000, 5_001, 8_000, 10_000, 123_457,
+                               4_000_000])
+def test_scann_settings_are_valid_for_any_pool(n):
+  s = search.scann_settings(n, 20)
+  assert 1 <= s["num_leaves_to_search"] <= s["num_leaves"] <= n
+  assert s["num_leaves"] <= s["training_sample_size"] <= n
+  assert s["reorder"] >= 20
+  # Cross-lingual neighbours sit in other leaves (see scann_settings): never under half.
+  assert 2 * s["num_leaves_to_search"] >= s["num_leaves"]
+  if n <= 5_000:  # Pruning a small pool saves little: every leaf is searched.
+    assert s["num_leaves_to_search"] == s["num_leaves"]
+
+
+def test_scann_settings_respect_the_config():
+  cfg = ml_collections.ConfigDict(dict(
+      num_leaves=40, num_leaves_to_search=10, training_sample_size=2_000, reorder=300,
+      dimensions_per_block=4, anisotropic_quantization_threshold=0.3))
+  assert search.scann_settings(10_000, 10, cfg) == dict(
+      num_leaves=40, num_leaves_to_search=10, training_sample_size=2_000,
+      dimensions_per_block=4, anisotropic_quantization_threshold=0.3, reorder=300)
+  # k above the configured reorder: at least k candidates are re-ranked.
+  assert search.scann_settings(10_000, 500, cfg)["reorder"] == 500
+  # More leaves to search than there are: all of them.
   cfg = ml_collections.ConfigDict(dict(num_leaves=40, num_leaves_to_search=100))
-  s = search.scann_settings(10_000, 10, cfg)
-  assert s["num_leaves"] == 40 and s["num_leaves_to_search"] == 40  # Clipped to the leaves.
+  assert search.scann_settings(10_000, 10, cfg)["num_leaves_to_search"] == 40
 
 
 def test_search_dispatch():
