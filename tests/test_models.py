@@ -142,6 +142,21 @@ def test_init_retriever_copies_imported_encoder_into_both_towers():
     jax.tree.map(np.testing.assert_array_equal, params[tower], enc)
 
 
+def test_shared_tower_init_keeps_the_seeds_encoder_and_head():
+  # The shared encoder and the head draw the keys they always did (split(rng, 3)[0] and [2]),
+  # so seeds reproduce; they match the separate-towers init's query tower and head.
+  key = jax.random.key(5)
+  shared = retriever.RetrieverConfig(encoder=CONFIG, projection="linear", projection_dim=8)
+  separate = dataclasses.replace(shared, shared_towers=False)
+  params = retriever.init_retriever(shared, key)
+  reference = retriever.init_retriever(separate, key)
+  assert set(params) == {"encoder", "head"}
+  jax.tree.map(np.testing.assert_array_equal, params["encoder"], reference["query_encoder"])
+  jax.tree.map(np.testing.assert_array_equal, params["encoder"],
+               bert.init_encoder(CONFIG, jax.random.split(key, 3)[0]))
+  jax.tree.map(np.testing.assert_array_equal, params["head"], reference["head"])
+
+
 def test_trainable_mask_freezes_only_word_embeddings():
   rcfg = retriever.RetrieverConfig(encoder=CONFIG, projection="linear", shared_towers=False)
   params = retriever.init_retriever(rcfg, jax.random.key(0))

@@ -62,17 +62,20 @@ def init_retriever(rcfg: RetrieverConfig, rng, encoder_params=None) -> dict:
 
   Separate towers start as copies of the imported encoder, or as two independent random inits.
   """
+  # Three keys whatever the towers, so a seed gives the same encoder and head either way.
   enc_rng, passage_rng, head_rng = jax.random.split(rng, 3)
   if encoder_params is None:
     query_enc = bert.init_encoder(rcfg.encoder, enc_rng)
-    passage_enc = bert.init_encoder(rcfg.encoder, passage_rng)
   else:
     query_enc = encoder_params
-    # A real copy, so the towers never alias one buffer (donation, in-place updates).
-    passage_enc = jax.tree.map(lambda x: x.copy(), encoder_params)
   if rcfg.shared_towers:
     params = {"encoder": query_enc}
   else:
+    if encoder_params is None:
+      passage_enc = bert.init_encoder(rcfg.encoder, passage_rng)
+    else:
+      # A real copy, so the towers never alias one buffer (donation, in-place updates).
+      passage_enc = jax.tree.map(lambda x: x.copy(), encoder_params)
     params = {"query_encoder": query_enc, "passage_encoder": passage_enc}
   if rcfg.projection:
     params["head"] = pooling.init_head(rcfg.projection, rcfg.encoder.hidden_size,
