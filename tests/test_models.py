@@ -157,6 +157,15 @@ def test_shared_tower_init_keeps_the_seeds_encoder_and_head():
   jax.tree.map(np.testing.assert_array_equal, params["head"], reference["head"])
 
 
+def test_projection_dim_without_head_or_negative_is_an_error():
+  with pytest.raises(ValueError, match=r"model\.projection_dim=16 needs a head"):
+    retriever.RetrieverConfig(encoder=CONFIG, projection_dim=16)
+  with pytest.raises(ValueError, match=r"model\.projection_dim=-4 is negative"):
+    retriever.RetrieverConfig(encoder=CONFIG, projection="linear", projection_dim=-4)
+  assert retriever.RetrieverConfig(encoder=CONFIG, projection="mlp").embedding_dim == (
+      CONFIG.hidden_size)  # 0: the head keeps the hidden size.
+
+
 def test_trainable_mask_freezes_only_word_embeddings():
   rcfg = retriever.RetrieverConfig(encoder=CONFIG, projection="linear", shared_towers=False)
   params = retriever.init_retriever(rcfg, jax.random.key(0))

@@ -31,6 +31,14 @@ class RetrieverConfig:
     if self.projection not in pooling.PROJECTIONS:
       raise ValueError(f"model.projection={self.projection!r} is not supported; expected one "
                        f"of {pooling.PROJECTIONS}.")
+    if self.projection_dim < 0:
+      raise ValueError(f"model.projection_dim={self.projection_dim} is negative; expected 0 (the "
+                       f"encoder's hidden size) or a positive width.")
+    if self.projection_dim and not self.projection:
+      # Without a head nothing changes the width: a set projection_dim would be ignored silently.
+      raise ValueError(f"model.projection_dim={self.projection_dim} needs a head; set "
+                       f"model.projection to one of {[p for p in pooling.PROJECTIONS if p]} or "
+                       f"projection_dim to 0.")
 
   @property
   def embedding_dim(self) -> int:
