@@ -60,8 +60,8 @@ def scann_settings(num_candidates: int, k: int,
   cluster by language, so a cross-lingual query's neighbours sit in other leaves than the
   query (measured with multilingual-e5-small, max_len 24, 500 English queries against the
   10k Tatoeba sentences of 10 other languages that tests/test_search.py uses: a tenth of the
-  100 leaves gives recall@10 0.77 of exact search, half 0.97-0.98). The tree trains on the whole pool up to 100k points; AH candidates are re-ranked
-  exactly, max(reorder, k) of them.
+  100 leaves gives recall@10 0.77 of exact search, half 0.97-0.98). The tree trains on the
+  whole pool up to 100k points; AH candidates are re-ranked exactly, max(reorder, k) of them.
   """
   cfg = cfg or ml_collections.ConfigDict()
   n = num_candidates
