@@ -17,6 +17,8 @@ from typing import Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from lair.models import pooling
+
 # Dot products of embeddings are the logits: full float32 precision even on accelerators whose
 # default matmul precision is lower (TF32 / bf16 passes).
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -187,14 +189,6 @@ def _layer_norm(x, params):
   return (x - mean) * jax.lax.rsqrt(var + _LAYER_NORM_EPS) * params["scale"] + params["bias"]
 
 
-def _dense_init(rng, fan_in: int, fan_out: int, bias: bool = True):
-  """BERT-style initialisation: normal(0.02) kernel [fan_in, fan_out], zero bias."""
-  params = {"kernel": 0.02 * jax.random.normal(rng, (fan_in, fan_out), jnp.float32)}
-  if bias:
-    params["bias"] = jnp.zeros((fan_out,), jnp.float32)
-  return params
-
-
 def _norm_init(features: int):
   return {"scale": jnp.ones((features,), jnp.float32), "bias": jnp.zeros((features,), jnp.float32)}
 
@@ -224,9 +218,9 @@ def init_xtr_head(rng, hidden: int, num_languages: int, vocab_size: int, lang_di
       "language_embedding": 0.02 * jax.random.normal(
           k_lang, (num_languages, lang_dim), jnp.float32),
       "language_norm": _norm_init(lang_dim),
-      "dense": _dense_init(k_dense, width, width),
+      "dense": pooling.dense_init(k_dense, width, width),
       "norm": _norm_init(width),
-      "decoder": _dense_init(k_dec, width, vocab_size, bias=False),
+      "decoder": pooling.dense_init(k_dec, width, vocab_size, bias=False),
   }
 
 
@@ -324,8 +318,8 @@ def init_ems_projection(rng, hidden: int, projection_dim: int = 128):
     {"dense1": {"kernel": [H, H], "bias": [H]}, "dense2": {"kernel": [H, P], "bias": [P]}}.
   """
   k1, k2 = jax.random.split(rng)
-  return {"dense1": _dense_init(k1, hidden, hidden),
-          "dense2": _dense_init(k2, hidden, projection_dim)}
+  return {"dense1": pooling.dense_init(k1, hidden, hidden),
+          "dense2": pooling.dense_init(k2, hidden, projection_dim)}
 
 
 def ems_project(projection_params, u):

@@ -53,7 +53,7 @@ def test_l2_normalize_and_heads_match_numpy():
   from scipy import special  # pylint: disable=g-import-not-at-top
   h = 0.5 * h * (1 + special.erf(h / np.sqrt(2)))  # Exact GELU.
   ref = h @ np.asarray(head["dense_1"]["kernel"]) + np.asarray(head["dense_1"]["bias"])
-  np.testing.assert_allclose(pooling.apply_head(head, x, "mlp"), ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pooling.apply_head(head, x), ref, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("model_type,pad_id", [("bert", 0), ("xlm-roberta", 1)])

@@ -45,18 +45,25 @@ def head_layer_sizes(kind: str, in_dim: int, out_dim: int):
   raise ValueError(f"model.projection={kind!r} is not supported; expected one of {PROJECTIONS}.")
 
 
+def dense_init(rng, fan_in: int, fan_out: int, bias: bool = True) -> dict:
+  """BERT-style initialisation: normal(0.02) kernel [fan_in, fan_out], zero bias [fan_out]."""
+  params = {"kernel": 0.02 * jax.random.normal(rng, (fan_in, fan_out), jnp.float32)}
+  if bias:
+    params["bias"] = jnp.zeros((fan_out,), jnp.float32)
+  return params
+
+
 def init_head(kind: str, in_dim: int, out_dim: int, rng) -> dict:
   """Projection head params: kernels ~ N(0, 0.02), zero biases (see the module docstring)."""
   sizes = head_layer_sizes(kind, in_dim, out_dim)
   rngs = jax.random.split(rng, len(sizes))
-  return {f"dense_{i}": {"kernel": 0.02 * jax.random.normal(r, (n_in, n_out), jnp.float32),
-                         "bias": jnp.zeros((n_out,), jnp.float32)}
+  return {f"dense_{i}": dense_init(r, n_in, n_out)
           for i, (r, (n_in, n_out)) in enumerate(zip(rngs, sizes))}
 
 
-def apply_head(params, x, kind: str):
-  """x [B, H] -> [B, D] float32 through the projection head."""
-  num_layers = len(head_layer_sizes(kind, 1, 1))
+def apply_head(params, x):
+  """x [B, H] -> [B, D] float32 through the projection head (its layers: `init_head`)."""
+  num_layers = len(params)
   x = x.astype(jnp.float32)
   for i in range(num_layers):
     layer = params[f"dense_{i}"]

@@ -98,7 +98,7 @@ def embed(params, input_ids, attention_mask, *, rcfg: RetrieverConfig, tower: st
                        config=rcfg.encoder, train=train, rng=rng)
   x = pooling.pool(hidden, attention_mask, rcfg.pooling)
   if rcfg.projection:
-    x = pooling.apply_head(params["head"], x, rcfg.projection)
+    x = pooling.apply_head(params["head"], x)
   if rcfg.normalize:
     x = pooling.l2_normalize(x)
   return x
@@ -122,10 +122,12 @@ def build_from_config(model_cfg, *, tokenizer=None, rng):
   """
   if model_cfg.hf_path:
     from lair.models import hf  # pylint: disable=g-import-not-at-top  (pulls in transformers)
-    enc_cfg, enc_params, hf_tokenizer = hf.load_hf(model_cfg.hf_path)
-    tokenizer = tokenizer if tokenizer is not None else hf_tokenizer
+    enc_cfg, enc_params, hf_tokenizer = hf.load_hf(model_cfg.hf_path)  # Checks its tokenizer.
     enc_cfg = dataclasses.replace(enc_cfg, dtype=model_cfg.dtype)
-    check_vocabulary(tokenizer, enc_cfg, f"model.hf_path={model_cfg.hf_path!r}")
+    if tokenizer is None:
+      tokenizer = hf_tokenizer
+    else:
+      check_vocabulary(tokenizer, enc_cfg, f"model.hf_path={model_cfg.hf_path!r}")
   else:
     e = model_cfg.encoder
     vocab_size = e.vocab_size
