@@ -383,7 +383,7 @@ def test_build_errors_name_config_keys(tmp_path):
   with pytest.raises(readers.DataError, match="config.data.ir.paths"):
     builders.build_ir(c, str(tmp_path))
   c.data.ir.update(dict(paths=[str(tmp_path / "missing.json")]))
-  with pytest.raises(readers.DataError, match="missing.json: input file not found"):
+  with pytest.raises(readers.DataError, match=r"config.data.ir.paths: .*missing.json: no such file"):
     builders.build_ir(c, str(tmp_path))
   c.data.ir.num_negatives = 2
   with pytest.raises(readers.DataError, match="config.data.ir.num_negatives"):
@@ -448,3 +448,80 @@ def test_build_parallel_reports_capped(tmp_path):
   c.data.parallel.max_pairs_per_language = 4
   built = builders.build_parallel(c, str(tmp_path / "cache"))
   assert built.stats["rows"] == 4 and built.stats["capped"] == 10 - 4
+
+
+# ----------------------------------------------------------------------------
+# Bad bytes, missing ids and headers: named at their exact file and line.
+
+
+def _tsv_with_bad_byte(path: pathlib.Path, lines: int, bad_line: int) -> str:
+  """A parallel TSV of `lines` lines (header included) whose line `bad_line` holds byte 0xff."""
+  rows = [b"source\teng\tdeu"] + [f"s\ten {i}\tde {i}".encode() for i in range(2, lines + 1)]
+  rows[bad_line - 1] = b"s\ten bad\tde \xff bad"
+  path.write_bytes(b"\n".join(rows) + b"\n")
+  return str(path)
+
+
+@pytest.mark.parametrize("bad_line", [8, 1500])
+def test_invalid_utf8_is_named_at_its_line_and_skipped_outside_strict(tmp_path, caplog,
+                                                                      bad_line):
+  path = _tsv_with_bad_byte(tmp_path / "en-deu.tsv", 2000, bad_line)
+  log = readers.SkipLog()
+  rows = list(readers.read_parallel_tsv(path, languages=LANGS, log=log))
+  assert len(rows) == 1998  # 1999 pairs, one of them skipped.
+  assert log.skipped[path] == {readers.NOT_UTF8: 1}
+  assert any(f"{path}:{bad_line}: not_utf8" in w for w in _warnings(caplog))
+  with pytest.raises(readers.DataError, match=rf"{path}:{bad_line}: not_utf8"):
+    list(readers.read_parallel_tsv(path, languages=LANGS, log=readers.SkipLog(strict=True)))
+  # Without a skip log (a reader that cannot skip), the error names the same line.
+  with pytest.raises(readers.DataError, match=rf"{path}:{bad_line}: not UTF-8"):
+    list(readers.read_lines(path))
+
+
+def test_invalid_utf8_in_aligned_files_skips_the_pair_and_keeps_the_alignment(tmp_path):
+  src = tmp_path / "t.deu-eng.deu"
+  tgt = tmp_path / "t.deu-eng.eng"
+  src.write_bytes(b"eins\nzwei \xfe\ndrei\n")
+  tgt.write_bytes(b"one\ntwo\nthree\n")
+  log = readers.SkipLog()
+  assert list(readers.iter_aligned_lines(str(src), str(tgt), log=log)) == [
+      (1, "eins", "one"), (3, "drei", "three")]
+  assert log.skipped[str(src)] == {readers.NOT_UTF8: 1}
+
+
+def test_non_utf8_squad_json_names_the_file_and_line(tmp_path):
+  path = tmp_path / "bad.json"
+  path.write_bytes(b'{"data": [\n {"title": "x",\n  "paragraphs": [{"context": "caf\xe9"}]}]}\n')
+  with pytest.raises(readers.DataError, match=rf"{path}:3: not UTF-8"):
+    list(readers.read_squad(str(path)))
+
+
+def test_lareqa_questions_without_ids_are_an_error_naming_the_file(tmp_path):
+  context = "Berlin is big. Paris is old."
+  data = {"data": [{"paragraphs": [{
+      "context": context, "sentence_breaks": [[0, 14], [15, 28]],
+      "qas": [{"id": "q1", "question": "Big?", "answers": [{"text": "big", "answer_start": 10}]},
+              {"question": "Old?", "answers": [{"text": "old", "answer_start": 24}]}]}]}]}
+  path = _write(tmp_path / "en.json", json.dumps(data))
+  with pytest.raises(readers.DataError,
+                     match=rf"{path}: data\[0\]\.paragraphs\[0\]\.qas\[1\] has no 'id'"):
+    readers.read_lareqa(path)
+  # SQuAD training rows need no ids.
+  assert len(list(readers.read_squad(path))) == 2
+
+
+@pytest.mark.parametrize("header", ["query\tpassage", "query\tpositive\tnegative",
+                                    "Question\tPassage\tNegative_1"])
+def test_a_triples_header_is_recognised_skipped_and_counted(tmp_path, header):
+  path = _write(tmp_path / "t.tsv", f"{header}\nwho\tthe one\tnot\nwhat\tthat\tthis\n")
+  log = readers.SkipLog()
+  rows = list(readers.read_triples(path, log=log))
+  assert [r["query"] for r in rows] == ["who", "what"]
+  assert log.skipped[path] == {readers.HEADER: 1}
+
+
+def test_a_first_line_of_text_is_not_a_header(tmp_path):
+  path = _write(tmp_path / "t.tsv", "query about cats\tcats purr\nwho\tthe one\n")
+  log = readers.SkipLog()
+  assert len(list(readers.read_triples(path, log=log))) == 2
+  assert not log.skipped

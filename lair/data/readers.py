@@ -28,6 +28,8 @@ from typing import Iterator, Sequence
 
 from absl import logging
 
+from lair import errors
+
 # Reasons a row is skipped (keys of the counts that readers report).
 MALFORMED = "malformed"
 MISSING_COLUMN = "missing_column"
@@ -35,12 +37,14 @@ EMPTY_TEXT = "empty_text"
 UNKNOWN_LANGUAGE = "unknown_language"
 ANSWER_NOT_IN_CONTEXT = "answer_not_in_context"
 UNKNOWN_ID = "unknown_id"  # BEIR qrels naming a query or document that is not there.
+NOT_UTF8 = "not_utf8"  # A line whose bytes are not UTF-8.
+HEADER = "header"  # A first line of column names in a file that has none by format.
 
 # Only this many warnings per (file, reason) are logged one by one; the rest are counted.
 _MAX_WARNINGS_PER_REASON = 20
 
 
-class DataError(ValueError):
+class DataError(errors.UserError, ValueError):
   """An input file that cannot be used (or a bad row, in strict mode)."""
 
 
@@ -166,10 +170,17 @@ def answer_sentence_span(breaks: Sequence[Sequence[int]], answer_start: int,
 # SQuAD / XQuAD-R / LAReQA JSON.
 
 
-def _load_json(path) -> dict:
+def load_json(path) -> dict:
+  """A SQuAD-format JSON file; undecodable bytes or bad JSON are DataErrors naming file:line."""
+  with open(path, "rb") as f:
+    raw = f.read()
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise DataError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+  try:
+    data = json.loads(text)
   except json.JSONDecodeError as e:
     raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from e
   if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -221,11 +232,16 @@ def iter_squad_questions(path, *, log: SkipLog | None = None) -> Iterator[SquadQ
   else from `split_sentences`. Skips (counted in `log`): a question that is empty
   or missing, a paragraph without context, an answer not in its context.
   """
-  return _iter_questions(path, _load_json(path)["data"], log=log)
+  return _iter_questions(path, load_json(path)["data"], log=log)
 
 
-def _iter_questions(path, data: list, *, log: SkipLog | None) -> Iterator[SquadQuestion]:
-  """`iter_squad_questions` of the already parsed `data` list of `path`."""
+def _iter_questions(path, data: list, *, log: SkipLog | None,
+                    require_id: bool = False) -> Iterator[SquadQuestion]:
+  """`iter_squad_questions` of the already parsed `data` list of `path`.
+
+  With `require_id`, a question without an "id" is a DataError naming it (LAReQA matches a
+  question's answers across languages by id; made-up ids would not match).
+  """
   log = _log_or_default(log)
   paragraph_index = -1
   for i, article in enumerate(data):
@@ -241,6 +257,9 @@ def _iter_questions(path, data: list, *, log: SkipLog | None) -> Iterator[SquadQ
       breaks = _sentence_breaks(paragraph, context)
       for k, qa in enumerate(qas):
         qwhere = f"{where}.qas[{k}] (id {qa.get('id')})"
+        if require_id and not str(qa.get("id") or "").strip():
+          raise DataError(f"{path}: {where}.qas[{k}] has no 'id'; expected one on every "
+                          f"question (answers are matched across languages by question id)")
         question = qa.get("question")
         if not isinstance(question, str):
           log.skip(path, qwhere, MISSING_COLUMN, "no 'question'")
@@ -262,6 +281,9 @@ def _iter_questions(path, data: list, *, log: SkipLog | None) -> Iterator[SquadQ
   log.end_file(path, "question")
 
 
+SQUAD_TARGETS = ("sentence", "paragraph")
+
+
 def read_squad(path, *, target: str = "sentence",
                log: SkipLog | None = None) -> Iterator[dict]:
   """IR pairs `{"query", "passage"}` from SQuAD JSON.
@@ -272,8 +294,8 @@ def read_squad(path, *, target: str = "sentence",
       config.data.ir.squad_target.
     log: counts skips (see `iter_squad_questions`).
   """
-  if target not in ("sentence", "paragraph"):
-    raise DataError(f"config.data.ir.squad_target={target!r}: expected 'sentence' or 'paragraph'")
+  if target not in SQUAD_TARGETS:
+    raise DataError(f"config.data.ir.squad_target={target!r}: expected one of {SQUAD_TARGETS}")
   for q in iter_squad_questions(path, log=log):
     start, end = (0, len(q.context)) if target == "paragraph" else q.answer_sentence
     yield {"query": q.question, "passage": clean_text(q.context[start:end]), "negatives": []}
@@ -325,9 +347,9 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
     result.sentences.extend(texts)
     result.sentence_context.extend([len(result.contexts) - 1] * len(texts))
 
-  data = _load_json(path)["data"]
+  data = load_json(path)["data"]
   paragraphs = [p for a in data for p in a.get("paragraphs", [])]
-  for q in _iter_questions(path, data, log=log):
+  for q in _iter_questions(path, data, log=log, require_id=True):
     if q.paragraph_index not in first_sentence:
       add_paragraph(q.paragraph_index, q.context, q.sentence_breaks)
     # The first sentence that overlaps the answer is the answer sentence.
@@ -349,16 +371,23 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
 # Line-based text: TSV, aligned pairs, monolingual.
 
 
-def _read_lines(path) -> Iterator[tuple[int, str]]:
-  """(1-based line number, line without its newline); decoding errors are DataErrors."""
-  # newline="\n": a stray "\r" inside a field must not end the line.
-  with open(path, encoding="utf-8", newline="\n") as f:
-    line_no = 0
-    try:
-      for line_no, line in enumerate(f, start=1):
-        yield line_no, line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-      raise DataError(f"{path}:{line_no + 1}: not UTF-8 ({e.reason})") from e
+def read_lines(path, log: SkipLog | None = None) -> Iterator[tuple[int, str | None]]:
+  """(1-based line number, line without its newline) of a UTF-8 text file.
+
+  Lines are split on "\n" before decoding, so a line that is not UTF-8 is named exactly: with
+  a `log` it is a counted `not_utf8` skip (an error when the log is strict) and comes back as
+  None (aligned readers keep their alignment); without one it is a DataError.
+  """
+  with open(path, "rb") as f:
+    for line_no, raw in enumerate(f, start=1):  # Binary lines end at b"\n" only.
+      try:
+        yield line_no, raw.decode("utf-8").rstrip("\r\n")
+      except UnicodeDecodeError as e:
+        detail = f"{e.reason} at byte {e.start} of the line"
+        if log is None:
+          raise DataError(f"{path}:{line_no}: not UTF-8 ({detail})") from None
+        log.skip(path, line_no, NOT_UTF8, detail)
+        yield line_no, None
 
 
 def read_triples(path, *, num_negatives: int = 0,
@@ -366,14 +395,20 @@ def read_triples(path, *, num_negatives: int = 0,
   """IR rows `{"query", "passage", "negatives"}` from a tab-separated file.
 
   Columns: query, positive passage, then negatives (MS MARCO's triples have one).
-  No header. The first `num_negatives` negatives are kept (config.data.ir.num_negatives);
+  The first `num_negatives` negatives are kept (config.data.ir.num_negatives);
   a row with fewer columns than 2 + num_negatives is a `missing_column` skip, an empty
-  field an `empty_text` skip.
+  field an `empty_text` skip. The format has no header; a first line that is clearly one
+  (every field a column name such as query, passage, positive, negative) is a `header` skip.
   """
   log = _log_or_default(log)
   need = 2 + num_negatives
-  for line_no, line in _read_lines(path):
+  for line_no, line in read_lines(path, log):
+    if line is None:
+      continue
     fields = line.split("\t")
+    if line_no == 1 and is_header(fields):
+      log.skip(path, line_no, HEADER, f"column names {fields}")
+      continue
     if len(fields) < need:
       log.skip(path, line_no, MISSING_COLUMN, f"{len(fields)} columns, expected >= {need}")
       continue
@@ -384,6 +419,19 @@ def read_triples(path, *, num_negatives: int = 0,
     log.keep(path)
     yield {"query": fields[0], "passage": fields[1], "negatives": fields[2:]}
   log.end_file(path)
+
+
+# Column names that mark a first line as a header in formats that have none.
+_HEADER_WORDS = {"query", "queries", "question", "passage", "passages", "positive", "positives",
+                 "pos", "negative", "negatives", "neg", "document", "doc", "text", "answer",
+                 "context", "hard_negative", "qid", "pid", "id", "query_id", "doc_id",
+                 "anchor"}
+
+
+def is_header(fields: Sequence[str]) -> bool:
+  """Whether every field of a line is a column name (query, passage, negative, ...)."""
+  names = [re.sub(r"[\s\-]+", "_", f.strip().lower()) for f in fields]
+  return len(names) >= 2 and all(re.sub(r"_?\d+$", "", n) in _HEADER_WORDS for n in names)
 
 
 def _parallel_tsv_header(path, header: str) -> tuple[str, str]:
@@ -404,14 +452,18 @@ def read_parallel_tsv(path, *, languages: Sequence[str],
   Other skips: a line without 3 columns (`missing_column`), an empty text.
   """
   log = _log_or_default(log)
-  lines = _read_lines(path)
+  lines = read_lines(path, log)
   first = next(lines, None)
   if first is None:
     raise DataError(f"{path}: empty file, expected a 'source eng xxx' header")
+  if first[1] is None:
+    raise DataError(f"{path}:1: the header is not UTF-8; expected 'source<TAB>eng<TAB>xxx'")
   src_code, tgt_code = _parallel_tsv_header(path, first[1])
   src_lang, tgt_lang = language_id(src_code, languages), language_id(tgt_code, languages)
   unknown = [c for c, i in ((src_code, src_lang), (tgt_code, tgt_lang)) if i is None]
   for line_no, line in lines:
+    if line is None:
+      continue
     if unknown:
       log.skip(path, line_no, UNKNOWN_LANGUAGE,
                f"{unknown} not in config.data.languages={list(languages)}")
@@ -442,11 +494,13 @@ def iter_aligned_lines(src_path, tgt_path, *,
   The skips are counted under `src_path`.
   """
   log = _log_or_default(log)
-  src_lines, tgt_lines = list(_read_lines(src_path)), list(_read_lines(tgt_path))
+  src_lines, tgt_lines = list(read_lines(src_path, log)), list(read_lines(tgt_path, log))
   if len(src_lines) != len(tgt_lines):
     raise DataError(f"{src_path} has {len(src_lines)} lines but {tgt_path} has "
                     f"{len(tgt_lines)}: expected line-aligned files")
   for (line_no, src), (_, tgt) in zip(src_lines, tgt_lines):
+    if src is None or tgt is None:  # Counted by read_lines; the pair goes, the alignment stays.
+      continue
     src, tgt = clean_text(src), clean_text(tgt)
     if not src or not tgt:
       log.skip(src_path, line_no, EMPTY_TEXT,
@@ -486,7 +540,9 @@ def read_aligned(spec: str, *, languages: Sequence[str],
   src_lang, tgt_lang = language_id(src_code, languages), language_id(tgt_code, languages)
   unknown = [c for c, i in ((src_code, src_lang), (tgt_code, tgt_lang)) if i is None]
   if unknown:
-    for line_no, _ in _read_lines(src_path):
+    for line_no, line in read_lines(src_path, log):
+      if line is None:
+        continue
       log.skip(src_path, line_no, UNKNOWN_LANGUAGE,
                f"{unknown} not in config.data.languages={list(languages)}")
     return
@@ -519,7 +575,9 @@ def read_mono(spec: str, *, languages: Sequence[str],
   log = _log_or_default(log)
   code, path = parse_mono_spec(spec)
   lang = language_id(code, languages)
-  for line_no, line in _read_lines(path):
+  for line_no, line in read_lines(path, log):
+    if line is None:
+      continue
     if lang is None:
       log.skip(path, line_no, UNKNOWN_LANGUAGE,
                f"{code!r} not in config.data.languages={list(languages)}")
@@ -549,7 +607,9 @@ class BeirSet:
 
 def _read_jsonl(path, log: SkipLog, text_keys: Sequence[str]) -> Iterator[tuple[str, dict]]:
   """(`_id`, record) of a BEIR jsonl file; a record without `_id` or text is skipped."""
-  for line_no, line in _read_lines(path):
+  for line_no, line in read_lines(path, log):
+    if line is None:
+      continue
     if not line.strip():
       log.skip(path, line_no, EMPTY_TEXT, "empty line")
       continue
@@ -597,7 +657,9 @@ def read_beir(folder, *, split: str = "test", log: SkipLog | None = None) -> Bei
   queries = {i: str(r["text"]).strip() for i, r in _read_jsonl(queries_path, log, ("text",))}
   log.end_file(queries_path, "query")
   qrels = collections.defaultdict(dict)
-  for line_no, line in _read_lines(qrels_path):
+  for line_no, line in read_lines(qrels_path, log):
+    if line is None:
+      continue
     fields = line.split("\t")
     if line_no == 1 and fields[0] == "query-id":
       continue  # The header.
