@@ -1,16 +1,29 @@
-"""The config schema every lair run shares, and loading `configs/*.py` with overrides.
+"""The config schema every lair run shares, and reading configs from the command line.
 
 A config file is plain Python with `get_config(arg=None)` returning an `ml_collections.ConfigDict`;
-it starts from `default_config()` below and changes what it needs. On the command line
-(`--config=configs/x.py[:arg] --config.train.steps=100`) an override of a key that the schema does
-not have is an error naming the key, since ConfigDicts are locked after loading.
+it starts from `default_config()` below and changes what it needs. Command lines are parsed by
+`ml_collections.config_flags` (as in big_vision and the Flax examples):
+`--config=configs/x.py[:ARG] --config.train.steps=100`. The config is locked after loading, so an
+override of a key the schema does not have is an error naming the key.
+
+`python -m lair.evaluate` and `lair.export` start from a run's saved config.json instead: this
+file doubles as a config file, `--config=lair/configs.py:WORKDIR/config.json`, whose
+`get_config(path)` reads it (`get_config()` gives the defaults).
 """
 import ast
 import importlib.util
 import os
-from typing import Sequence
+import re
+import sys
+from typing import Callable, Optional, Sequence
 
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_lib
+
+from lair import files
+from lair.errors import ConfigError
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -47,11 +60,16 @@ def default_config() -> ml_collections.ConfigDict:
       format="squad",  # "squad" | "triples" | "beir"
       paths=[],
       squad_target="sentence",  # "sentence" (the answer's sentence) | "paragraph"
-      num_negatives=0))
+      num_negatives=0,
+      language="eng"))  # The IR text's language (ISO 639-3; "" if mixed): z of the language loss.
   c.data.parallel = ml_collections.ConfigDict(dict(
       format="tsv",  # "tsv" (source, eng, xxx columns) | "aligned" (line-aligned file pairs)
       paths=[], max_pairs_per_language=0))  # 0: all pairs.
-  c.data.mono = ml_collections.ConfigDict(dict(paths=[]))  # One sentence per line; "lang:path".
+  c.data.mono = ml_collections.ConfigDict(dict(
+      paths=[],  # "xxx:PATH" files, one sentence per line.
+      # N > 0: hold out N rows per language of the parallel data (never used as pairs) and use
+      # their sentences, one side each, as monolingual text of that language.
+      from_parallel=0))
   c.data.max_query_len = 64
   c.data.max_passage_len = 128
   c.data.max_sentence_len = 64
@@ -71,6 +89,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.language_inputs = "ir+mono"  # The z sentences: "ir" (queries, passages) | "mono" | both.
   c.loss.xtr_weight = 0.0  # EMS cross-lingual token reconstruction.
   c.loss.ems_contrastive_weight = 0.0  # EMS sentence contrastive on a 128-d projection.
+  # XTR's target: "ems" (1/n for each token type of an n-token sentence, as EMS's code) |
+  # "types" (1/#types: a proper distribution). See losses.bag_of_tokens.
+  c.loss.xtr_target = "ems"
+  c.loss.ems_language_dropout = 0.1  # Dropout on the XTR head's language embedding (EMS's).
   c.loss.ems_language_embedding_dim = 128
   c.loss.ems_projection_dim = 128
   c.loss.ems_tau = 0.1
@@ -91,6 +113,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0  # 0: evaluate only at the end.
+  # Signals that stop the run after the current step with a checkpoint and exit code 75 (for a
+  # scheduler to requeue it; see lair/train/loop.py).
+  c.train.stop_signals = ["SIGTERM", "SIGINT", "SIGUSR1"]
 
   # Device mesh: the `data` axis size (-1: all devices). FSDP shards along it every param (and
   # its optimiser moments) of at least fsdp_min_size elements, by size, not by name.
@@ -113,101 +138,205 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Loading a config file and applying command-line overrides.
+# Config files and the command line.
 # ------------------------------------------------------------------------------------------------
 
 
+def get_config(arg: Optional[str] = None) -> ml_collections.ConfigDict:
+  """This file as a config file: the defaults, or (ARG = a run's config.json) that run's config."""
+  if not arg:
+    return default_config()
+  return from_saved(files.read_json(arg), source=arg)
+
+
+def from_saved(saved: dict, *, source: str) -> ml_collections.ConfigDict:
+  """A run's saved config (config.json's dict) laid over today's defaults.
+
+  Keys added to the schema since the run was saved keep their defaults; keys the schema no
+  longer has are reported and dropped.
+  """
+  config = default_config()
+  unknown = []
+
+  def merge(node: ml_collections.ConfigDict, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+      if key not in node:
+        unknown.append(prefix + key)
+      elif isinstance(node[key], ml_collections.ConfigDict) and isinstance(value, dict):
+        merge(node[key], value, f"{prefix}{key}.")
+      else:
+        node[key] = value
+
+  merge(config, saved, "")
+  if unknown:
+    print(f"{source}: ignoring keys this lair does not know: {', '.join(unknown)}",
+          file=sys.stderr)
+  return config
+
+
 def import_config_file(path: str):
-  """Imports `path` as a module (the repository stays importable: configs import lair)."""
+  """Imports the config file `path` as a module (for a config that builds on another one)."""
   spec = importlib.util.spec_from_file_location(f"lair_config_{abs(hash(path))}", path)
   if spec is None or not os.path.isfile(path):
-    raise FileNotFoundError(f"--config={path}: no such config file")
+    raise ConfigError(f"--config={path}: no such config file")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise AttributeError(f"--config={path}: the file defines no get_config(arg=None)")
+    raise ConfigError(f"--config={path}: the file defines no get_config(arg=None)")
   return module
 
 
-def _parse_value(key: str, text: str, current):
-  """`text` as the type of the key's current value (bool, int, float, str, list, tuple)."""
-  def fail(expected):
-    return ValueError(f"--config.{key}={text}: expected {expected} (the current value is "
-                      f"{current!r})")
+class _ListParser(flags.ArgumentParser):
+  """List-valued keys (data.languages, data.ir.paths, eval.sets, ...) from the command line.
 
-  if isinstance(current, bool):
-    if text.lower() in ("true", "1", "yes"):
-      return True
-    if text.lower() in ("false", "0", "no"):
-      return False
-    raise fail("true or false")
-  if isinstance(current, int):
+  config_flags parses ints, floats, bools, strings and tuples but refuses list fields, which lair's
+  configs use for paths, languages and eval.sets (a list of dicts). The value is a Python
+  literal (`[16, 32]`, `"[{'name': ...}]"`) or, failing that, comma-separated strings (`eng,deu`).
+  """
+
+  def parse(self, argument):
+    if isinstance(argument, list):
+      return argument
     try:
-      return int(text)
-    except ValueError:
-      raise fail("an integer") from None
-  if isinstance(current, float):
-    try:
-      return float(text)
-    except ValueError:
-      raise fail("a number") from None
-  if isinstance(current, str):
-    return text
-  if isinstance(current, (list, tuple)):
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):  # a,b,c: a list of strings.
-      value = [t.strip() for t in text.split(",") if t.strip()]
-    if isinstance(value, (str, int, float)) or value is None:
-      value = [value] if value is not None else []
-    if not isinstance(value, (list, tuple)):
-      raise fail("a list, e.g. [1, 2] or a,b")
-    return type(current)(value)
-  if isinstance(current, ml_collections.ConfigDict):
-    raise fail("a leaf key; set its fields one by one, e.g. --config.{key}.NAME=VALUE")
-  try:  # None or another type: a Python literal, else the string.
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
+      value = ast.literal_eval(argument)
+    except (ValueError, SyntaxError):
+      return [t.strip() for t in argument.split(",") if t.strip()]
+    if isinstance(value, tuple):
+      value = list(value)
+    if not isinstance(value, list):
+      value = [value]
+    return value
+
+  def flag_type(self):
+    return "list"
 
 
-def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
-  """Applies one `--config.a.b=value` (or `a.b=value`); an unknown key is an error naming it."""
-  text = override[len("--config."):] if override.startswith("--config.") else override
-  if "=" not in text:
-    raise ValueError(f"{override}: expected --config.KEY=VALUE")
-  key, value = text.split("=", 1)
-  node, parts = config, key.split(".")
-  for depth, part in enumerate(parts):
-    parent = ".".join(["config", *parts[:depth]])
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      raise KeyError(f"--config.{key}: unknown config key {part!r} in {parent} "
-                     f"(it has: {', '.join(known)})")
-    if depth < len(parts) - 1:
-      node = node[part]
-  with node.unlocked():
-    node[parts[-1]] = _parse_value(key, value, node[parts[-1]])
+config_flags.register_flag_parser_for_type(list, _ListParser())
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list, e.g. [1, 2] or a,b"}
+
+
+def _config_argument(argv: Sequence[str]) -> Optional[str]:
+  for arg in argv:
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+  return None
+
+
+def _overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
+  """(key, value text) of every `--config.KEY=VALUE` in argv."""
+  found = []
+  for arg in argv:
+    match = re.match(r"^--?config\.([^=]+)(?:=(.*))?$", arg, re.S)
+    if match:
+      found.append((match[1], match[2] if match[2] is not None else "true"))
+  return found
+
+
+def _explain(error: Exception, argv: Sequence[str]) -> str:
+  """One line naming the key at fault and what was expected, from a config_flags error."""
+  path_arg = _config_argument(argv)
+  try:
+    loaded = config_flags_lib.ConfigFileFlagParser("config", lock_config=False).parse(path_arg)
+  except Exception:  # pylint: disable=broad-except  (the file itself is at fault: say so below)
+    loaded = None
+  if isinstance(loaded, ml_collections.ConfigDict):
+    for key, text in _overrides(argv):
+      node, parts = loaded, key.split(".")
+      for depth, part in enumerate(parts):
+        parent = ".".join(["config", *parts[:depth]])
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+          return (f"--config.{key}: unknown config key {part!r} in {parent} "
+                  f"(it has: {', '.join(known)})")
+        node = node[part]
+      if isinstance(node, ml_collections.ConfigDict):
+        return (f"--config.{key}={text}: config.{key} is a group of keys; set its fields one "
+                f"by one, e.g. --config.{key}.{next(iter(node.keys()), 'NAME')}=VALUE")
+      if f"config.{key}" in str(error):
+        expected = _TYPE_NAMES.get(type(node), type(node).__name__)
+        return f"--config.{key}={text}: expected {expected} (the current value is {node!r})"
+  if isinstance(error, OSError) or loaded is None:
+    return f"--config={path_arg}: cannot load the config file ({error})"
+  return str(error)
+
+
+def parse_command_line(argv: Sequence[str], define_flags: Callable[[flags.FlagValues], None],
+                       *, default_config_file: Optional[str] = None
+                       ) -> tuple[Optional[ml_collections.ConfigDict], flags.FlagValues]:
+  """Parses `argv` (argv[0] is the program) with config_flags: (config, the other flags).
+
+  Args:
+    argv: the command line, e.g. sys.argv.
+    define_flags: defines the program's own absl flags on the FlagValues it is given.
+    default_config_file: used when argv has no --config= (None: then the config is None).
+
+  Raises:
+    ConfigError naming the flag, key or file at fault.
+  """
+  argv = list(argv)
+  if default_config_file and _config_argument(argv) is None:
+    argv.insert(1, f"--config={default_config_file}")
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "configs/NAME.py[:ARG]",
+                                  flag_values=flag_values, sys_argv=argv)
+  define_flags(flag_values)
+  try:
+    flag_values(argv)
+    config = flag_values.config
+  except flags.UnrecognizedFlagError as e:
+    raise ConfigError(f"{e}: expected {', '.join('--' + n for n in _own_flags(flag_values))} "
+                      f"or --config.KEY=VALUE overrides") from None
+  except (flags.Error, KeyError, AttributeError, OSError, TypeError, ValueError) as e:
+    raise ConfigError(_explain(e, argv)) from None
+  if isinstance(config, config_flags_lib._ErrorConfig):  # pylint: disable=protected-access
+    # config_flags defers a file that failed to load until first use; say so now.
+    try:
+      config.lock()
+    except OSError as e:
+      raise ConfigError(f"--config={_config_argument(argv)}: cannot load the config file "
+                        f"({_last_line(e)})") from None
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"--config={_config_argument(argv)}: get_config() returned "
+                      f"{type(config).__name__}; expected an ml_collections.ConfigDict")
+  return config, flag_values
+
+
+def _last_line(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
+def _own_flags(flag_values: flags.FlagValues) -> list[str]:
+  return sorted(name for name in flag_values if not name.startswith("config."))
+
+
+def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value of --NAME=V (or --NAME V) in argv, read before absl parses it.
+
+  For the CLIs whose default config depends on another flag (a run's saved config.json).
+  """
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      return arg.split("=", 1)[1]
+    if arg == f"--{name}" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def saved_config_file(config_json: str) -> str:
+  """`--config` value that loads a run's saved config.json through this file's get_config."""
+  return f"{__file__}:{config_json}"
 
 
 def load_config(path_with_arg: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-  """`configs/NAME.py[:ARG]` -> its get_config(ARG), overrides applied, then locked.
+  """`configs/NAME.py[:ARG]` -> its get_config(ARG) with `--config.a.b=VALUE` overrides, locked.
 
-  Args:
-    path_with_arg: a config file path, optionally followed by `:ARG` passed to get_config.
-    overrides: `--config.a.b=VALUE` strings (the `--config.` prefix is optional); values are
-      parsed as the key's current type (lists as Python literals or comma-separated).
-
-  Returns:
-    The locked ConfigDict (adding a key afterwards is an error).
+  The same parsing as the command line (config_flags); the `--config.` prefix of an override
+  is optional. Raises ConfigError naming the key at fault.
   """
-  path, _, arg = path_with_arg.partition(":")
-  module = import_config_file(path)
-  config = module.get_config(arg) if arg else module.get_config()
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise TypeError(f"--config={path}: get_config() returned {type(config).__name__}; "
-                    f"expected an ml_collections.ConfigDict")
-  for override in overrides:
-    apply_override(config, override)
-  config.lock()
+  overrides = [o if o.startswith("--config.") else f"--config.{o}" for o in overrides]
+  config, _ = parse_command_line(["lair", f"--config={path_with_arg}", *overrides],
+                                 lambda _: None)
   return config

@@ -1,78 +1,78 @@
 """Export a trained run as a Hugging Face / sentence-transformers directory.
 
-    python -m lair.export --workdir RUN_DIR --out DIR [--step N | --step best]
+    python -m lair.export --workdir RUN_DIR --out DIR [--step N | --step best] [--overwrite]
 
 Restores the retriever params of the latest checkpoint (step N; or with `best`, the best
-evaluation's params kept by config.eval.select_best) of a `python -m lair.train`
-workdir, rebuilds the model from the workdir's model.json and tokenizer/, and writes them with
+evaluation's params kept by config.eval.select_best) of a `python -m lair.train` workdir,
+rebuilds the model from the workdir's model.json and tokenizer/, and writes them with
 `lair.models.hf.export_hf` (transformers.AutoModel and SentenceTransformer load the result).
+The run's config.json gives the query/passage prefixes (sentence-transformers prompts); any
+key of it can be overridden with --config.KEY=VALUE (e.g. --config.model.query_prefix="q: ").
+
+A non-empty --out is refused unless --overwrite (which replaces it whole); so is an --out that
+is the run directory or inside it (other than WORKDIR/hf).
 """
-import argparse
-import json
-import os
 import pathlib
-import sys
 from typing import Optional
 
+from absl import flags
+
+from lair import checkpoint
+from lair import cli
+from lair import configs
+from lair import workdir as workdir_lib
+from lair.errors import ConfigError
 from lair.models import hf
-from lair.train import checkpoint as checkpoint_lib
 
 
-def export(workdir: str, out: str, step: Optional[int | str] = None) -> pathlib.Path:
-  """Writes checkpoint `step` (default: latest; "best") of `workdir` to `out`; returns out."""
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"--workdir={workdir}: no checkpoints/ folder; expected the "
-                            f"workdir of a `python -m lair.train` run")
-  rcfg, tokenizer = checkpoint_lib.load_model_files(workdir)
+def export(workdir: str, out: str, step=None, *, prompts: Optional[dict] = None,
+           overwrite: bool = False) -> pathlib.Path:
+  """Writes checkpoint `step` (default: latest; "best") of `workdir` to `out`; returns out.
+
+  `prompts` default to the run's model.query_prefix / passage_prefix (config.json).
+  """
+  run = workdir_lib.Workdir(workdir)
+  if run.owns(out):
+    raise ConfigError(f"--out={out} is inside the run {run.root}, whose files it would "
+                      f"overwrite", hint=f"export to {run.hf_dir} or a folder outside the run")
+  rcfg, tokenizer = run.read_model()
   if tokenizer is None:
     raise FileNotFoundError(f"--workdir={workdir}: no tokenizer/ folder; export needs the "
                             f"run's tokenizer (runs whose config trains or imports one save it)")
-  prompts = read_prompts(workdir)
-  if step == "best":
-    # The folder is checked before Checkpoints(), which would create it; training creates it
-    # empty when config.eval.select_best is unset.
-    best_dir = os.path.join(workdir, "best")
-    best = (checkpoint_lib.Checkpoints(workdir, keep=1, folder="best")
-            if os.path.isdir(best_dir) else None)
-    if best is None or not best.all_steps():
-      raise FileNotFoundError(
-          f"--step best: {best_dir} holds no best params; the run kept none (training keeps "
-          f"them when config.eval.select_best names a metric of config.eval.sets)")
-    step, params = best.restore_params()
-  else:
-    step, params = checkpoint_lib.Checkpoints(workdir).restore_params(step)
-  path = hf.export_hf(params["retriever"], rcfg, tokenizer, out, prompts=prompts)
-  print(f"exported step {step} of {workdir} to {path}", flush=True)
+  if prompts is None:
+    prompts = read_prompts(run)
+  step, params = checkpoint.restore_run_params(run, step)
+  path = hf.export_hf(params["retriever"], rcfg, tokenizer, out, prompts=prompts,
+                      overwrite=overwrite)
+  print(f"exported step {step} of {run.root} to {path}", flush=True)
   return path
 
 
-def read_prompts(workdir: str) -> dict[str, str]:
-  """{"query", "passage"}: the text prefixes of workdir/config.json's model ("" when unset)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: export reads the run's model.query_prefix and "
-                            f"model.passage_prefix from it (`python -m lair.train` writes it)")
-  with open(path, encoding="utf-8") as f:
-    model_cfg = json.load(f).get("model", {})
-  return {"query": model_cfg.get("query_prefix", ""),
-          "passage": model_cfg.get("passage_prefix", "")}
+def read_prompts(run: workdir_lib.Workdir) -> dict[str, str]:
+  """{"query", "passage"}: the text prefixes of the run's config.json ("" when unset)."""
+  model = run.read_config().model
+  return {"query": model.query_prefix, "passage": model.passage_prefix}
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m lair.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", required=True, help="a lair training workdir")
-  parser.add_argument("--out", required=True, help="the Hugging Face directory to write")
-  parser.add_argument("--step", default=None,
-                      help="checkpoint step, or 'best' (default: the latest checkpoint)")
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  step = args.step
-  if step is not None and step != "best":
-    if not step.isdigit():
-      parser.error(f"--step={step}: expected a step number or 'best'")
-    step = int(step)
-  export(args.workdir, args.out, step)
+def define_flags(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "a lair training workdir", flag_values=fv)
+  flags.DEFINE_string("out", None, "the Hugging Face directory to write", flag_values=fv)
+  flags.DEFINE_string("step", None, "checkpoint step, or 'best' (default: the latest)",
+                      flag_values=fv)
+  flags.DEFINE_boolean("overwrite", False, "replace a non-empty --out whole", flag_values=fv)
+
+
+def main(argv) -> None:
+  workdir = configs.flag_value(argv, "workdir")
+  default = (configs.saved_config_file(workdir_lib.Workdir(workdir).config_json) if workdir
+             else configs.__file__)
+  config, fv = configs.parse_command_line(argv, define_flags, default_config_file=default)
+  if not fv.workdir or not fv.out:
+    raise ConfigError("--workdir=RUN_DIR and --out=DIR are required")
+  export(fv.workdir, fv.out, checkpoint.parse_step(fv.step),
+         prompts={"query": config.model.query_prefix, "passage": config.model.passage_prefix},
+         overwrite=fv.overwrite)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -9,15 +9,14 @@ each local row's positive; `psum(sum(rows)) / global_rows` is then exactly the s
 Contrastive inputs are L2-normalised embeddings: a similarity is a dot product, divided by the
 temperature `tau`. Logits and softmaxes are computed in float32 whatever the embedding dtype.
 
-Which terms a run trains, and with what weight, comes from `config.loss` (see `active_terms`);
-composing them is the trainer's job.
+This module is math on arrays only. Which terms a run trains comes from `lair/objectives.py`;
+the heads EMS trains (XTR, projection) are Flax modules in `lair/models/ems.py`; composing them
+is the train step's job.
 """
-from typing import Mapping, Optional, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-
-from lair.models import pooling
 
 # Dot products of embeddings are the logits: full float32 precision even on accelerators whose
 # default matmul precision is lower (TF32 / bf16 passes).
@@ -176,94 +175,37 @@ def language_contrastive_loss(z, x, y, *, tau: float, form: str = "uniform_ce"):
 
 # ------------------------------------------------------------------------------------------------
 # EMS (Mao et al., "EMS: Efficient and Effective Massively Multilingual Sentence Embedding");
-# follows the reference code Mao-KU/EMS modeling/model_v2.py (BertForMaskedLM, BilingualModel).
+# follows the reference code Mao-KU/EMS modeling/model_v2.py (BilingualModel.forward). The heads
+# that produce the inputs below are in lair/models/ems.py.
 # ------------------------------------------------------------------------------------------------
 
-_LAYER_NORM_EPS = 1e-12  # As EMS's BertLayerNorm.
+XTR_TARGETS = ("ems", "types")
 
 
-def _layer_norm(x, params):
-  """LayerNorm over the last axis. x: [..., F]; params: {"scale": [F], "bias": [F]}."""
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + _LAYER_NORM_EPS) * params["scale"] + params["bias"]
+def bag_of_tokens(ids, mask, vocab_size: int, special_ids: Sequence[int] = (), *,
+                  target: str = "ems"):
+  """XTR's reconstruction target: the bag of token types of each sentence.
 
+  target="ems" (EMS's code: `label.index_fill_(0, ids[:len], 1 / len)`): every token type present
+    gets 1 / n, n the sentence's number of tokens; a repeated token does not add up, so a
+    sentence with repeats has a row summing to (#types / n) < 1, as in EMS.
+  target="types": every type present gets 1 / #types, a proper distribution (rows sum to 1).
 
-def _norm_init(features: int):
-  return {"scale": jnp.ones((features,), jnp.float32), "bias": jnp.zeros((features,), jnp.float32)}
-
-
-def init_xtr_head(rng, hidden: int, num_languages: int, vocab_size: int, lang_dim: int = 128):
-  """Parameters of the EMS cross-lingual token reconstruction (XTR) head.
-
-  As EMS's `has_la_emb and not share_emb` head: a language embedding (with its LayerNorm), a
-  dense transform of `[e_l; u]` that keeps its width `lang_dim + hidden`, a LayerNorm, and a
-  bias-free decoder onto the vocabulary.
-
-  Args:
-    rng: a PRNG key.
-    hidden: H, width of the sentence embeddings fed to the head.
-    num_languages: rows of the language table (`len(config.data.languages)`).
-    vocab_size: V, the tokenizer's vocabulary size.
-    lang_dim: width of the language embedding (`config.loss.ems_language_embedding_dim`).
-
-  Returns:
-    {"language_embedding": [num_languages, lang_dim], "language_norm": {scale, bias},
-     "dense": {"kernel": [lang_dim + H, lang_dim + H], "bias"}, "norm": {scale, bias},
-     "decoder": {"kernel": [lang_dim + H, V]}}, all float32.
-  """
-  width = lang_dim + hidden
-  k_lang, k_dense, k_dec = jax.random.split(rng, 3)
-  return {
-      "language_embedding": 0.02 * jax.random.normal(
-          k_lang, (num_languages, lang_dim), jnp.float32),
-      "language_norm": _norm_init(lang_dim),
-      "dense": pooling.dense_init(k_dense, width, width),
-      "norm": _norm_init(width),
-      "decoder": pooling.dense_init(k_dec, width, vocab_size, bias=False),
-  }
-
-
-def xtr_log_probs(head_params, u, target_lang):
-  """log p(. | u, l): the XTR head's distribution over the vocabulary.
-
-  `h = LayerNorm(swish(W1 [e_l; u] + b1))`, `log p = log_softmax(W_out h)`, with
-  `e_l = LayerNorm(E[l])` the target language's embedding.
-
-  Args:
-    head_params: from `init_xtr_head`.
-    u: [b, H] sentence embeddings.
-    target_lang: [b] int language ids of the sentences to reconstruct.
-
-  Returns:
-    [b, V] float32 log-probabilities.
-  """
-  e_l = _layer_norm(head_params["language_embedding"][target_lang], head_params["language_norm"])
-  features = jnp.concatenate([e_l, u.astype(jnp.float32)], axis=-1)  # [b, lang_dim + H]
-  dense = head_params["dense"]
-  h = jax.nn.swish(jnp.matmul(features, dense["kernel"], precision=_HIGHEST) + dense["bias"])
-  h = _layer_norm(h, head_params["norm"])
-  logits = jnp.matmul(h, head_params["decoder"]["kernel"], precision=_HIGHEST)
-  return jax.nn.log_softmax(logits, axis=-1)
-
-
-def bag_of_tokens(ids, mask, vocab_size: int, special_ids: Sequence[int] = ()):
-  """The normalised bag of token TYPES of each sentence: XTR's reconstruction target.
-
-  Each distinct token type of a sentence gets probability 1 / (number of distinct types);
-  repeats do not weigh more (EMS fills each type present with one value). Padding
-  (`mask == 0`) and `special_ids` (CLS/SEP/BOS/EOS/PAD...) are left out. A sentence with no
-  remaining token gets an all-zero row (its KL term is then 0).
+  Padding (`mask == 0`) and `special_ids` (CLS/SEP/BOS/EOS/PAD...) are left out, of the types
+  and of n. A sentence with no remaining token gets an all-zero row (its KL term is then 0).
 
   Args:
     ids: [b, L] int token ids.
     mask: [b, L] 1 for real tokens, 0 for padding.
     vocab_size: V.
     special_ids: token ids to exclude.
+    target: "ems" | "types" (`config.loss.xtr_target`).
 
   Returns:
-    [b, V] float32, rows summing to 1 (or 0).
+    [b, V] float32.
   """
+  if target not in XTR_TARGETS:
+    raise ValueError(f"config.loss.xtr_target={target!r}: expected one of {XTR_TARGETS}")
   keep = mask.astype(bool)
   for special in special_ids:
     keep = keep & (ids != special)
@@ -271,116 +213,53 @@ def bag_of_tokens(ids, mask, vocab_size: int, special_ids: Sequence[int] = ()):
   counts = jnp.zeros((ids.shape[0], vocab_size), jnp.float32).at[rows, ids].add(
       keep.astype(jnp.float32))
   present = (counts > 0).astype(jnp.float32)
-  return present / jnp.maximum(jnp.sum(present, axis=1, keepdims=True), 1.)
+  if target == "ems":
+    length = jnp.sum(keep.astype(jnp.float32), axis=1, keepdims=True)
+  else:
+    length = jnp.sum(present, axis=1, keepdims=True)
+  return present / jnp.maximum(length, 1.)
 
 
 def _kl_rows(target, log_probs):
-  """KL(target || p) per row. target: [b, V] probabilities; log_probs: [b, V] -> [b]."""
+  """sum_v target * (log target - log p) per row, as torch's KLDivLoss (target 0 adds 0).
+
+  target: [b, V] non-negative; log_probs: [b, V] -> [b].
+  """
   return jnp.sum(jax.scipy.special.xlogy(target, target) - target * log_probs, axis=1)
 
 
-def xtr_loss(head_params, u_x, u_y, x_ids, x_mask, y_ids, y_mask, x_lang, y_lang, *,
-             special_ids: Sequence[int] = ()):
+def xtr_loss(log_p_y_given_x, log_p_x_given_y, target_x, target_y):
   """EMS cross-lingual token reconstruction, per parallel pair.
 
   `KL(q_y || p(. | u_x, l_y)) + KL(q_x || p(. | u_y, l_x))`: each side's sentence embedding,
-  told the other side's language, predicts the bag of token types of the translation. Rows are
-  independent, so under shard_map each device passes just its own pairs.
+  told the other side's language, predicts the bag of tokens of the translation. EMS averages
+  each KL over the batch (KLDivLoss "batchmean"); the caller's mean over rows does that.
 
   Args:
-    head_params: from `init_xtr_head`.
-    u_x: [b, H] sentence embeddings of the source sides (EMS uses the unnormalised mean pool).
-    u_y: [b, H] sentence embeddings of the target sides.
-    x_ids, x_mask: [b, Lx] int token ids and attention mask of the source sides.
-    y_ids, y_mask: [b, Ly] of the target sides.
-    x_lang, y_lang: [b] int language ids (indexing `config.data.languages`).
-    special_ids: token ids left out of the bags (e.g. `tokenizer.all_special_ids`).
+    log_p_y_given_x: [b, V] the XTR head's log-probabilities from the source embeddings and the
+      target language (`ems.XtrHead`).
+    log_p_x_given_y: [b, V] from the target embeddings and the source language.
+    target_x, target_y: [b, V] `bag_of_tokens` of the source and target sentences.
 
   Returns:
     [b] float32 per-pair loss.
   """
-  vocab_size = head_params["decoder"]["kernel"].shape[1]
-  q_x = bag_of_tokens(x_ids, x_mask, vocab_size, special_ids)
-  q_y = bag_of_tokens(y_ids, y_mask, vocab_size, special_ids)
-  return (_kl_rows(q_y, xtr_log_probs(head_params, u_x, y_lang))
-          + _kl_rows(q_x, xtr_log_probs(head_params, u_y, x_lang)))
+  return _kl_rows(target_y, log_p_y_given_x) + _kl_rows(target_x, log_p_x_given_y)
 
 
-def init_ems_projection(rng, hidden: int, projection_dim: int = 128):
-  """Parameters of EMS's sentence projection `z = W2 relu(W1 u + b1) + b2`.
-
-  Args:
-    rng: a PRNG key.
-    hidden: H, width of the sentence embeddings.
-    projection_dim: output width (`config.loss.ems_projection_dim`).
-
-  Returns:
-    {"dense1": {"kernel": [H, H], "bias": [H]}, "dense2": {"kernel": [H, P], "bias": [P]}}.
-  """
-  k1, k2 = jax.random.split(rng)
-  return {"dense1": pooling.dense_init(k1, hidden, hidden),
-          "dense2": pooling.dense_init(k2, hidden, projection_dim)}
-
-
-def ems_project(projection_params, u):
-  """EMS's projection, L2-normalised so that dot products are cosines. u: [b, H] -> [b, P]."""
-  d1, d2 = projection_params["dense1"], projection_params["dense2"]
-  h = jax.nn.relu(jnp.matmul(u.astype(jnp.float32), d1["kernel"], precision=_HIGHEST) + d1["bias"])
-  z = jnp.matmul(h, d2["kernel"], precision=_HIGHEST) + d2["bias"]
-  # EMS's nn.CosineSimilarity clamps each norm at 1e-8.
-  return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
-
-
-def ems_sentence_contrastive_loss(projection_params, u_x, u_y, *, positive_index=None,
-                                  tau: float = 0.1):
-  """One direction of EMS's sentence contrastive loss: x_i picks y_i, cosine of projections / tau.
+def ems_sentence_contrastive_loss(z_x, z_y, *, positive_index=None, tau: float = 0.1):
+  """One direction of EMS's sentence contrastive loss: x_i picks y_i, cosine / tau.
 
   EMS's L_CL is the mean of both directions; like `semantic_contrastive_loss` the step calls this
-  as `(u_x, u_y_all)` and `(u_y, u_x_all)` and averages the two means.
+  as `(z_x, z_y_all)` and `(z_y, z_x_all)` and averages the two means.
 
   Args:
-    projection_params: from `init_ems_projection`.
-    u_x: [b, H] sentence embeddings of the rows this caller holds.
-    u_y: [B, H] sentence embeddings of all translations (globally gathered under shard_map).
-    positive_index: [b] int index into `u_y` of each row's translation; default `arange(b)`.
+    z_x: [b, P] projected unit vectors (`ems.EmsProjection`) of the rows this caller holds.
+    z_y: [B, P] projected unit vectors of all translations (gathered under shard_map).
+    positive_index: [b] int index into `z_y` of each row's translation; default `arange(b)`.
     tau: temperature (`config.loss.ems_tau`, 0.1 in EMS).
 
   Returns:
     [b] float32 per-row loss.
   """
-  return infonce_rows(ems_project(projection_params, u_x), ems_project(projection_params, u_y),
-                      positive_index=positive_index, tau=tau)
-
-
-# Objective name -> the `config.loss` key holding its weight.
-_WEIGHT_KEYS = {
-    "ir": "ir_weight",
-    "semantic": "semantic_weight",
-    "language": "language_weight",
-    "xtr": "xtr_weight",
-    "ems_contrastive": "ems_contrastive_weight",
-}
-
-
-def active_terms(loss_config: Mapping) -> dict:
-  """The objectives a run trains: {name: weight} for every term whose weight is nonzero.
-
-  Names: "ir" (retrieval_infonce, plus passage_to_query_infonce when `loss.ir_bidirectional`),
-  "semantic", "language", "xtr", "ems_contrastive".
-
-  Args:
-    loss_config: `config.loss`.
-
-  Returns:
-    dict name -> float weight, in the order above; weight-0 terms are absent.
-  """
-  for name, key in _WEIGHT_KEYS.items():
-    if key not in loss_config:
-      raise KeyError(f"config.loss.{key} is missing: lair/configs.py defines it (term {name!r})")
-    if float(loss_config[key]) < 0:
-      raise ValueError(f"config.loss.{key}={loss_config[key]}: expected a weight >= 0")
-  if loss_config.get("language_form", "uniform_ce") not in LANGUAGE_FORMS:
-    raise ValueError(f"config.loss.language_form={loss_config['language_form']!r}: "
-                     f"expected one of {LANGUAGE_FORMS}")
-  return {name: float(loss_config[key]) for name, key in _WEIGHT_KEYS.items()
-          if float(loss_config[key]) != 0}
+  return infonce_rows(z_x, z_y, positive_index=positive_index, tau=tau)

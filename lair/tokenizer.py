@@ -33,7 +33,7 @@ _PARALLEL_HEADER = re.compile(rf"[^\t]*\t{readers.LANGUAGE_CODE}\t{readers.LANGU
 
 def _squad_texts(path: str) -> Iterator[str]:
   """Contexts and questions of a SQuAD-format JSON file."""
-  for article in readers._load_json(path)["data"]:  # pylint: disable=protected-access
+  for article in readers.load_json(path)["data"]:
     for paragraph in article.get("paragraphs", []):
       yield paragraph.get("context") or ""
       for qa in paragraph.get("qas", []):
@@ -42,7 +42,7 @@ def _squad_texts(path: str) -> Iterator[str]:
 
 def _lines(path: str) -> Iterator[str]:
   """The lines of a UTF-8 text file, read as the training readers read them."""
-  return (line for _, line in readers._read_lines(path))  # pylint: disable=protected-access
+  return (line for _, line in readers.read_lines(path))
 
 
 def _tsv_texts(path: str) -> Iterator[str]:

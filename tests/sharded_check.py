@@ -19,10 +19,12 @@ import numpy as np
 
 from lair import configs
 from lair import losses
+from lair import objectives
+from lair import sharding
 from lair.models import bert
+from lair.models import ems
 from lair.models import pooling
 from lair.models import retriever
-from lair.train import mesh as mesh_lib
 from lair.train import step as step_lib
 
 VOCAB, B, K, P_PAIRS, M, L = 97, 16, 2, 16, 8, 12
@@ -43,8 +45,19 @@ OBJECTIVES = {
 
 def loss_config(**weights):
   cfg = configs.default_config().loss
-  cfg.update(ems_language_embedding_dim=8, ems_projection_dim=16, **weights)
+  # No dropout in the XTR head: a reference on one device cannot draw each device's masks.
+  cfg.update(ems_language_embedding_dim=8, ems_projection_dim=16, ems_language_dropout=0.0,
+             **weights)
   return cfg
+
+
+def plan_for(lcfg) -> objectives.ObjectivePlan:
+  """The objective plan of `lcfg` with every stream of `random_batch` available."""
+  config = configs.default_config()
+  config.loss = lcfg
+  config.data.ir.update(paths=["ir.tsv"], num_negatives=K)
+  config.data.mono.paths = ["eng:mono.txt"]
+  return objectives.plan_objectives(config)
 
 
 def tiny_rcfg(dropout: float, **kw):
@@ -113,15 +126,21 @@ def reference_loss(trainable, batch, rng, *, rcfg, lcfg, normalize=True):
   terms["language"] = jnp.mean(losses.language_contrastive_loss(
       z, unit(x), unit(y), tau=tau, form=lcfg.language_form))
   if "xtr_head" in heads:
+    head = ems.xtr_head(lcfg, LANGUAGES, VOCAB)
+    log_p = lambda u, lang: head.apply({"params": heads["xtr_head"]}, u, lang)
+    bag = lambda ids, mask: losses.bag_of_tokens(ids, mask, VOCAB, SPECIAL_IDS,
+                                                 target=lcfg.xtr_target)
     terms["xtr"] = jnp.mean(losses.xtr_loss(
-        heads["xtr_head"], x, y, par["src_ids"], par["src_mask"], par["tgt_ids"],
-        par["tgt_mask"], par["src_lang"], par["tgt_lang"], special_ids=SPECIAL_IDS))
+        log_p(x, par["tgt_lang"]), log_p(y, par["src_lang"]),
+        bag(par["src_ids"], par["src_mask"]), bag(par["tgt_ids"], par["tgt_mask"])))
   if "ems_projection" in heads:
-    proj = heads["ems_projection"]
+    project = lambda u: ems.EmsProjection(lcfg.ems_projection_dim).apply(
+        {"params": heads["ems_projection"]}, u)
+    zx, zy = project(x), project(y)
     terms["ems_contrastive"] = 0.5 * (
-        jnp.mean(losses.ems_sentence_contrastive_loss(proj, x, y, tau=lcfg.ems_tau))
-        + jnp.mean(losses.ems_sentence_contrastive_loss(proj, y, x, tau=lcfg.ems_tau)))
-  weights = losses.active_terms(lcfg)
+        jnp.mean(losses.ems_sentence_contrastive_loss(zx, zy, tau=lcfg.ems_tau))
+        + jnp.mean(losses.ems_sentence_contrastive_loss(zy, zx, tau=lcfg.ems_tau)))
+  weights = plan_for(lcfg).weights
   total = sum(w * terms[name] for name, w in weights.items())
   return total, {name: terms[name] for name in weights}
 
@@ -142,22 +161,22 @@ def relative_error(a, b):
 def sharded_loss_and_grads(trainable, batch, rng, *, rcfg, lcfg, devices, grad_cache_chunk=0,
                            fsdp=False):
   """lair's path: a `devices`-wide mesh, batch put with put_batch, jitted loss_and_grads."""
-  mesh = mesh_lib.make_mesh(devices)
+  mesh = sharding.make_mesh(devices)
   fn = step_lib.make_loss_and_grads(
-      lcfg, step_lib.make_embed_fn(rcfg), mesh, normalize=rcfg.normalize,
+      plan_for(lcfg), lcfg, step_lib.make_embed_fn(rcfg), mesh, normalize=rcfg.normalize,
       grad_cache_chunk=grad_cache_chunk, special_ids=SPECIAL_IDS)
-  sharding = mesh_lib.state_shardings(trainable, mesh, fsdp=fsdp, min_size=1000)
-  trainable = jax.device_put(trainable, sharding)
-  metrics, grads = jax.jit(fn)(trainable, mesh_lib.put_batch(batch, mesh), rng)
+  layout = sharding.state_shardings(trainable, mesh, fsdp=fsdp, min_size=1000)
+  trainable = jax.device_put(trainable, layout)
+  metrics, grads = jax.jit(fn)(trainable, sharding.put_batch(batch, mesh), rng)
   return jax.device_get(metrics), jax.device_get(grads)
 
 
 def init_trainable(rcfg, lcfg, seed=0):
   rng = jax.random.PRNGKey(seed)
   return {"retriever": retriever.init_retriever(rcfg, rng),
-          "objectives": step_lib.init_objective_params(
-              lcfg, jax.random.fold_in(rng, 1), embedding_dim=rcfg.embedding_dim,
-              num_languages=LANGUAGES, vocab_size=VOCAB)}
+          "objectives": ems.init_heads(
+              plan_for(lcfg).weights, lcfg, jax.random.fold_in(rng, 1),
+              embedding_dim=rcfg.embedding_dim, num_languages=LANGUAGES, vocab_size=VOCAB)}
 
 
 def compare(name, *, lcfg, rcfg, devices, **kw):

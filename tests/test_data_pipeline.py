@@ -9,8 +9,16 @@ from tokenizers import models as tok_models
 from tokenizers import pre_tokenizers
 import transformers
 
+import functools
+
+import jax
+from jax.extend import core as jax_core
+
 from lair import configs
+from lair import objectives
 from lair.data import pipeline
+from lair.models import ems
+from lair.train import step as step_lib
 
 LANGS = ["eng", "deu", "spa"]
 BUCKETS = [4, 8, 16]
@@ -73,7 +81,7 @@ def _config(files, **loss):
 
 def _batches(config, tokenizer, tmp_path, n, **kwargs):
   kwargs.setdefault("seed", 3)
-  it = pipeline.TrainBatches(config, tokenizer, workdir=str(tmp_path), **kwargs)
+  it = pipeline.TrainBatches(config, tokenizer, cache_dir=str(tmp_path), **kwargs)
   return [next(it) for _ in range(n)]
 
 
@@ -171,54 +179,96 @@ def test_host_slices_concatenate_to_the_global_batch(files, tokenizer, tmp_path)
 
 def test_state_resumes_the_same_next_batch(files, tokenizer, tmp_path):
   config = _config(files)
-  it = pipeline.TrainBatches(config, tokenizer, seed=5, workdir=str(tmp_path))
+  it = pipeline.TrainBatches(config, tokenizer, seed=5, cache_dir=str(tmp_path))
   for _ in range(4):  # Past an epoch boundary of the parallel (20 rows, batch 4) stream.
     next(it)
   state = json.loads(json.dumps(it.get_state()))
   expected = [next(it) for _ in range(3)]
-  resumed = pipeline.TrainBatches(config, tokenizer, seed=5, workdir=str(tmp_path))
+  resumed = pipeline.TrainBatches(config, tokenizer, seed=5, cache_dir=str(tmp_path))
   resumed.set_state(state)
   for want in expected:
     _assert_equal(next(resumed), want)
-  other = pipeline.TrainBatches(config, tokenizer, seed=6, workdir=str(tmp_path))
+  other = pipeline.TrainBatches(config, tokenizer, seed=6, cache_dir=str(tmp_path))
   with pytest.raises(ValueError, match="seed"):
     other.set_state(state)
 
 
 def test_streams_with_weight_zero_are_absent(files, tokenizer, tmp_path):
   only_ir = _config(files, semantic_weight=0.0, language_weight=0.0)
-  it = pipeline.TrainBatches(only_ir, tokenizer, seed=0, workdir=str(tmp_path))
+  it = pipeline.TrainBatches(only_ir, tokenizer, seed=0, cache_dir=str(tmp_path))
   assert set(next(it)) == {"ir"} and set(it.stats) == {"ir"}
   no_ir = _config(files, ir_weight=0.0, language_weight=0.0)
   assert set(next(pipeline.TrainBatches(no_ir, tokenizer, seed=0,
-                                         workdir=str(tmp_path)))) == {"parallel"}
-  no_mono_paths = _config(files)
-  no_mono_paths.data.mono.paths = []
-  assert pipeline.active_streams(no_mono_paths) == ["ir", "parallel"]
+                                         cache_dir=str(tmp_path)))) == {"parallel"}
   none = _config(files, ir_weight=0.0, semantic_weight=0.0, language_weight=0.0)
-  with pytest.raises(ValueError, match="no stream"):
-    pipeline.TrainBatches(none, tokenizer, seed=0, workdir=str(tmp_path))
+  with pytest.raises(ValueError, match="every loss weight is 0"):
+    pipeline.TrainBatches(none, tokenizer, seed=0, cache_dir=str(tmp_path))
 
 
-def test_batch_size_must_split_over_hosts(files, tokenizer, tmp_path):
-  config = _config(files)
-  config.train.parallel_batch_size = 3
-  with pytest.raises(ValueError, match="config.train.parallel_batch_size=3"):
-    pipeline.TrainBatches(config, tokenizer, seed=0, process_count=2, workdir=str(tmp_path))
+WEIGHT_KEYS = ("ir_weight", "semantic_weight", "language_weight", "xtr_weight",
+               "ems_contrastive_weight")
 
 
-def test_real_parallel_with_e5_tokenizer(shared_data, e5_small_dir, tmp_path):
-  tok = transformers.AutoTokenizer.from_pretrained(str(e5_small_dir))
-  c = configs.default_config()
-  c.data.languages = ["eng", "tha"]
-  c.data.parallel.paths = [str(shared_data / "parallel" / "en-tha.tsv")]
-  c.loss.update(dict(ir_weight=0.0, semantic_weight=1.0))
-  c.model.query_prefix = "query: "
-  c.train.parallel_batch_size = 16
-  it = pipeline.TrainBatches(c, tok, seed=0, workdir=str(tmp_path))
-  assert it.stats["parallel"]["rows"] == 675 and it.stats["parallel"]["skipped"] == {}
-  batch = next(it)["parallel"]
-  src = batch["src_ids"][0][batch["src_mask"][0] == 1]
-  assert tok.decode(src, skip_special_tokens=True).startswith("query: ")
-  assert (batch["src_ids"][batch["src_mask"] == 0] == tok.pad_token_id).all()
-  assert tok.pad_token_id == 1
+def _plan_cases():
+  """Every combination of nonzero weights; with the language term, every language_inputs and
+  with and without monolingual files."""
+  for mask in range(1, 2 ** len(WEIGHT_KEYS)):
+    weights = {k: float(mask >> i & 1) for i, k in enumerate(WEIGHT_KEYS)}
+    if weights["language_weight"]:
+      for inputs in objectives.LANGUAGE_INPUTS:
+        for mono in (True, False):
+          yield weights, inputs, mono
+    else:
+      yield weights, "ir+mono", True
+
+
+def test_pipeline_reads_exactly_the_streams_the_step_embeds(files, tokenizer, tmp_path):
+  """For every objective plan: the batch's streams are those of the inputs the step embeds,
+  and the step's loss reads every embedded input (no stream read for nothing)."""
+  batches = {}  # plan.streams -> the pipeline's first batch (one pipeline per stream set).
+  checked = 0
+  for weights, inputs, mono in _plan_cases():
+    config = _config(files, language_inputs=inputs, **weights)
+    if not mono:
+      config.data.mono.paths = []
+    try:
+      plan = objectives.plan_objectives(config)
+    except objectives.PlanError as e:  # z from a stream that has no data: said, not guessed.
+      assert inputs == "mono" and not mono, e
+      continue
+    if plan.streams not in batches:
+      pipe = pipeline.TrainBatches(config, tokenizer, seed=0, cache_dir=str(tmp_path), plan=plan)
+      assert tuple(pipe.streams) == plan.streams
+      batches[plan.streams] = next(pipe)
+    batch = batches[plan.streams]
+    embedded = step_lib.embedding_inputs(batch, plan)
+    assert set(batch) == {objectives.INPUTS[n].stream for n in embedded}, (weights, inputs)
+    assert tuple(embedded) == plan.inputs
+    read = _inputs_the_loss_reads(plan, config, batch)
+    assert read == set(plan.inputs), (weights, inputs, mono, read)
+    checked += 1
+  assert checked > 60
+
+
+def _inputs_the_loss_reads(plan, config, batch) -> set:
+  """The inputs whose embeddings the step's weighted loss depends on, from its jaxpr.
+
+  objective_terms is traced (not compiled) under vmap over a 1-device `data` axis, which gives
+  its collectives their axis; then a backward pass over the equations keeps what feeds "loss".
+  """
+  emb = {name: jax.ShapeDtypeStruct((1, ids.shape[0], 8), np.float32)
+         for name, (ids, _, _) in step_lib.embedding_inputs(batch, plan).items()}
+  heads = ems.init_heads(plan.weights, config.loss, jax.random.key(0), embedding_dim=8,
+                         num_languages=len(LANGS), vocab_size=256)
+  extras = jax.tree.map(lambda x: x[None], step_lib._xtr_extras(batch, plan))  # pylint: disable=protected-access
+  terms = functools.partial(step_lib.objective_terms, plan=plan, loss_cfg=config.loss,
+                            normalize=True, special_ids=())
+  loss = jax.vmap(lambda e, x: terms(e, x, heads, jax.random.key(1))["loss"], axis_name="data")
+  closed = jax.make_jaxpr(loss)(emb, extras)
+  jaxpr = closed.jaxpr
+  live = {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
+  for eqn in reversed(jaxpr.eqns):
+    if any(v in live for v in eqn.outvars):
+      live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
+  # make_jaxpr's inputs are the flattened dict: its keys in sorted order.
+  return {name for name, var in zip(sorted(emb), jaxpr.invars) if var in live}

@@ -231,6 +231,7 @@ _MULTI_DEVICE_CHECK = textwrap.dedent("""
     import jax, numpy as np, tokenizers
     from tokenizers import models, pre_tokenizers, processors
     from lair.evaluate import encode
+    from lair.data import tokenize
     from lair.models import bert, retriever
     assert jax.device_count() == 8
     words = "the a cat dog sat on mat ran far away and then slept in sun".split()
@@ -247,7 +248,7 @@ _MULTI_DEVICE_CHECK = textwrap.dedent("""
     got = encode.make_text_encoder(params, rcfg, tok, batch_size=5, max_len=24,
                                    buckets=(8, 16))(texts)
     for i, text in enumerate(texts):  # One text at a time, unpadded, on one device.
-      ids = np.array([encode.tokenize(tok, [text], 24)[0]], np.int32)
+      ids = np.array([tokenize.tokenize(tok, [text], 24)[0]], np.int32)
       want = retriever.embed(params, ids, np.ones_like(ids), rcfg=rcfg)
       np.testing.assert_allclose(got[i], np.asarray(want)[0], atol=2e-5)
     print("OK", got.shape)

@@ -14,6 +14,7 @@ import pytest
 
 from lair import configs
 from lair.models import bert
+from lair.models import build
 from lair.models import pooling
 from lair.models import retriever
 
@@ -201,7 +202,7 @@ def test_build_from_config_random_init():
   model_cfg.encoder.model_type = "xlm-roberta"
   model_cfg.dtype = "bfloat16"
   model_cfg.projection, model_cfg.projection_dim = "linear", 8
-  rcfg, params, tok = retriever.build_from_config(model_cfg, tokenizer=_Tokenizer(77, 1),
+  rcfg, params, tok = build.build_from_config(model_cfg, tokenizer=_Tokenizer(77, 1),
                                                   rng=jax.random.key(0))
   assert tok is not None and rcfg.encoder.vocab_size == 77 and rcfg.encoder.pad_token_id == 1
   assert rcfg.encoder.dtype == "bfloat16" and rcfg.embedding_dim == 8
@@ -213,13 +214,13 @@ def test_build_from_config_random_init():
 def test_build_from_config_errors():
   model_cfg = configs.default_config().model
   with pytest.raises(ValueError, match="model.encoder.vocab_size=0.*no tokenizer"):
-    retriever.build_from_config(model_cfg, rng=jax.random.key(0))
+    build.build_from_config(model_cfg, rng=jax.random.key(0))
   model_cfg.encoder.vocab_size = 50
   with pytest.raises(ValueError, match="model.encoder.vocab_size.*60 tokens.*vocab_size=50"):
-    retriever.build_from_config(model_cfg, tokenizer=_Tokenizer(60, 0), rng=jax.random.key(0))
+    build.build_from_config(model_cfg, tokenizer=_Tokenizer(60, 0), rng=jax.random.key(0))
   model_cfg.pooling = "max"
   with pytest.raises(ValueError, match="model.pooling='max'"):
-    retriever.build_from_config(model_cfg, tokenizer=_Tokenizer(50, 0), rng=jax.random.key(0))
+    build.build_from_config(model_cfg, tokenizer=_Tokenizer(50, 0), rng=jax.random.key(0))
 
 
 def test_build_from_config_hf_path(tmp_path):
@@ -229,7 +230,7 @@ def test_build_from_config_hf_path(tmp_path):
   model_cfg = configs.default_config().model
   model_cfg.hf_path = str(directory)
   model_cfg.shared_towers = False
-  rcfg, params, tok = retriever.build_from_config(model_cfg, rng=jax.random.key(0))
+  rcfg, params, tok = build.build_from_config(model_cfg, rng=jax.random.key(0))
   assert len(tok) == len(tokenizer) and rcfg.encoder.hidden_size == 48
   jax.tree.map(np.testing.assert_array_equal, params["query_encoder"],
                params["passage_encoder"])

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from lair import configs
-from lair.train import checkpoint as checkpoint_lib
+from lair import checkpoint as checkpoint_lib
+from lair import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "tests" / "tiny_train_config.py")
@@ -125,7 +126,7 @@ def eval_rows(workdir):
 
 
 def final_params(workdir):
-  return checkpoint_lib.Checkpoints(str(workdir)).restore_params()
+  return checkpoint_lib.Checkpoints(str(workdir / "checkpoints")).restore_params()
 
 
 def assert_same_training(workdir, reference):
@@ -201,11 +202,12 @@ def test_each_host_feeds_its_slice_of_the_global_batch(two_host_run):
 
   workdir, _ = two_host_run
   config = configs.load_config(f"{CONFIG}:{STEPS}", OVERRIDES)
-  tokenizer = loop.make_tokenizer(config, str(workdir))  # The one process 0 saved.
+  run = workdir_lib.Workdir(workdir)
+  tokenizer = loop.make_tokenizer(config, run)  # The one process 0 saved.
 
   def batches(index, count):
     it = pipeline.TrainBatches(config, tokenizer, seed=config.seed, process_index=index,
-                               process_count=count, workdir=str(workdir))
+                               process_count=count, cache_dir=run.data_dir)
     it.set_state(dict(it.get_state(), step=STEPS - 2))  # Any position will do.
     return [next(it) for _ in range(2)]
 
@@ -231,12 +233,12 @@ def test_killed_hosts_resume_to_the_same_params(tmp_path, reference_run):
   workdir = tmp_path / "killed"
   die = REPO / "tests" / "train_and_die.py"
   # No evaluation (the other tests check it), and the data cache the reference built: quicker.
-  flags = ["--config.eval.sets=[]", f"--config.data.cache_dir={reference_run / 'data'}"]
+  flags = ["--config.eval.sets=[]", "--config.eval.select_best=", f"--config.data.cache_dir={reference_run / 'data'}"]
   results = run_processes(multihost_commands(workdir, free_port(), *flags, script=die,
                                              die_at=10), tmp_path / "killed_logs")
   # Process 0 kills itself; process 1 either does too or is ended when its peer vanishes.
   assert results[0][0] == -signal.SIGKILL and results[1][0] != 0, describe(results)
-  killed_at = checkpoint_lib.Checkpoints(str(workdir)).latest_step()
+  killed_at = checkpoint_lib.Checkpoints(str(workdir / "checkpoints")).latest_step()
   assert killed_at in (4, 8), describe(results)
   print(f"killed after the checkpoint at step {killed_at}; process 1 ended with {results[1][0]}")
   results = run_processes(multihost_commands(workdir, free_port(), *flags, script=die,

@@ -17,7 +17,7 @@ LANGS = ("eng", "deu", "spa", "fra")
 FOREIGN = LANGS[1:]
 
 
-def _load_json(name):
+def load_json(name):
   with open(CORPUS / name, encoding="utf-8") as f:
     return json.load(f)
 
@@ -112,7 +112,7 @@ def _check_squad(data):
 
 
 def test_training_squad_is_english_squad_v11():
-  data = _load_json("train.squad.json")
+  data = load_json("train.squad.json")
   qas = _check_squad(data)
   assert 1000 <= len(qas) <= 2000
   for paragraph in _paragraphs(data):
@@ -125,14 +125,14 @@ def test_training_squad_reads_without_skips():
   """Through the project's SQuAD reader: every question usable, answer in its sentence."""
   log = readers.SkipLog(strict=True)
   questions = list(readers.iter_squad_questions(CORPUS / "train.squad.json", log=log))
-  assert len(questions) == len(_check_squad(_load_json("train.squad.json")))
+  assert len(questions) == len(_check_squad(load_json("train.squad.json")))
   for q in questions[:200]:
     sentence = q.context[slice(*q.answer_sentence)]
     assert sentence.endswith(".") and sentence.count(". ") == 0
 
 
 def test_lareqa_sets_are_aligned_across_languages():
-  sets = {lang: _load_json(f"{lang}.lareqa.json") for lang in LANGS}
+  sets = {lang: load_json(f"{lang}.lareqa.json") for lang in LANGS}
   answer_sentences = {}
   for lang, data in sets.items():
     _check_squad(data)
@@ -172,7 +172,7 @@ def test_lareqa_sets_have_the_real_xquad_r_structure(shared_data):
   with open(shared_data / "xquad-r" / "en.json", encoding="utf-8") as f:
     real = shape(json.load(f))
   for lang in LANGS:
-    assert shape(_load_json(f"{lang}.lareqa.json")) == real
+    assert shape(load_json(f"{lang}.lareqa.json")) == real
 
 
 def test_lareqa_sets_read_through_the_project_reader():
@@ -180,7 +180,7 @@ def test_lareqa_sets_read_through_the_project_reader():
     result = readers.read_lareqa(CORPUS / f"{lang}.lareqa.json",
                                  log=readers.SkipLog(strict=True))
     assert result.language == lang
-    data = _load_json(f"{lang}.lareqa.json")
+    data = load_json(f"{lang}.lareqa.json")
     qas = {qa["id"]: qa for p in _paragraphs(data) for qa in p["qas"]}
     assert result.question_ids == list(qas)
     for qid, answer in zip(result.question_ids, result.answer):
@@ -232,7 +232,7 @@ def test_mono_and_tatoeba_files():
 def _training_words():
   """Every word of the files a quickstart run trains on."""
   texts = []
-  for p in _paragraphs(_load_json("train.squad.json")):
+  for p in _paragraphs(load_json("train.squad.json")):
     texts.append(p["context"])
     texts.extend(qa["question"] for qa in p["qas"])
   for lang in FOREIGN:
@@ -245,7 +245,7 @@ def _training_words():
 def test_eval_people_never_appear_in_training_files():
   seen = _training_words()
   for lang in LANGS:
-    for paragraph in _paragraphs(_load_json(f"{lang}.lareqa.json")):
+    for paragraph in _paragraphs(load_json(f"{lang}.lareqa.json")):
       # The words every sentence shares name the paragraph's person; its surname (at
       # least) must be new.
       shared = set.intersection(*(set(re.findall(r"\w+", s)) for s in paragraph["sentences"]))
@@ -260,7 +260,7 @@ def test_eval_people_never_appear_in_training_files():
 
 
 def test_every_fact_and_language_is_covered():
-  ids = [qa["id"] for p in _paragraphs(_load_json("eng.lareqa.json")) for qa in p["qas"]]
+  ids = [qa["id"] for p in _paragraphs(load_json("eng.lareqa.json")) for qa in p["qas"]]
   facts = collections.Counter(qid.rsplit("-", 1)[1] for qid in ids)
   assert set(facts) == {"town", "job", "year", "instrument", "pet", "food", "friend"}
   assert min(facts.values()) >= 10

@@ -15,8 +15,11 @@ import jax
 import numpy as np
 import pytest
 
+from lair import checkpoint as checkpoint_lib
 from lair import configs
-from lair.train import checkpoint as checkpoint_lib
+from lair import sharding
+from lair import workdir as workdir_lib
+from lair.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "tests" / "tiny_train_config.py")
@@ -40,8 +43,12 @@ def run_training(workdir, *overrides, steps=STEPS, check=True):
   return proc
 
 
+def checkpoints(workdir):
+  return checkpoint_lib.Checkpoints(str(workdir / "checkpoints"))
+
+
 def final_params(workdir):
-  step, params = checkpoint_lib.Checkpoints(str(workdir)).restore_params()
+  step, params = checkpoints(workdir).restore_params()
   return step, params
 
 
@@ -74,7 +81,7 @@ def test_loss_falls_and_logs(unbroken_run):
   assert rows[-1]["compiles"] == 1  # One length bucket: the step compiled once.
   assert list((unbroken_run / "tensorboard").glob("events.out.tfevents.*"))
   # Kept checkpoints: the last two (keep_checkpoints=2), the final one included.
-  assert checkpoint_lib.Checkpoints(str(unbroken_run)).all_steps() == [40, 50]
+  assert checkpoints(unbroken_run).all_steps() == [40, 50]
 
 
 def test_evaluation_keeps_the_best_params(tmp_path, unbroken_run):
@@ -86,7 +93,7 @@ def test_evaluation_keeps_the_best_params(tmp_path, unbroken_run):
     best = json.load(f)
   winner = max(evals, key=lambda r: r[key])
   assert best == {"step": winner["step"], "metric": key, "value": winner[key]}
-  best_dir = checkpoint_lib.Checkpoints(str(unbroken_run), keep=1, folder="best")
+  best_dir = checkpoint_lib.Checkpoints(str(unbroken_run / "best"))
   assert best_dir.all_steps() == [winner["step"]]
   out = export.export(str(unbroken_run), str(tmp_path / "best_hf"), step="best")
   assert (out / "model.safetensors").exists()
@@ -102,7 +109,7 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, unbroken_run, cache):
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
   assert "[##########..........] 25/50" in proc.stdout  # It did train up to there.
-  killed_at = checkpoint_lib.Checkpoints(str(workdir)).latest_step()
+  killed_at = checkpoints(workdir).latest_step()
   assert killed_at in (10, 20)
   resumed = run_training(workdir, cache)
   assert f"resumed from {workdir / 'checkpoints'}/{killed_at}" in resumed.stdout
@@ -118,9 +125,13 @@ def test_killed_run_resumes_to_the_same_params(tmp_path, unbroken_run, cache):
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, unbroken_run,
                                                                    cache):
   # Resume the finished 50-step run for 10 more steps at a learning rate of 1e30: the first
-  # update blows the params up, and the loss of step 51 (0-based) is NaN/Inf.
+  # update blows the params up, and the loss of step 51 (0-based) is NaN/Inf. A resume may not
+  # change the optimiser, so the copy's config.json says it was started with that rate.
   workdir = tmp_path / "nan"
   shutil.copytree(unbroken_run, workdir)
+  saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  saved["train"].update(learning_rate=1e30, warmup_steps=0)
+  (workdir / "config.json").write_text(json.dumps(saved), encoding="utf-8")
   proc = run_training(workdir, cache, "--config.train.learning_rate=1e30",
                       "--config.train.warmup_steps=0", steps=STEPS + 10, check=False)
   assert proc.returncode != 0
@@ -129,7 +140,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, unbro
   assert f"at step {STEPS + 1} (0-based)" in message
   assert f'"step": {STEPS + 1}' in message  # The data position of that batch.
   assert f"the last good checkpoint, step {STEPS}, is kept" in message
-  assert checkpoint_lib.Checkpoints(str(workdir)).latest_step() == STEPS
+  assert checkpoints(workdir).latest_step() == STEPS
 
 
 def test_unknown_config_key_is_named(tmp_path):
@@ -144,9 +155,9 @@ def test_load_config_overrides():
                                                "--config.model.normalize=false"])
   assert config.train.steps == 7 and config.train.learning_rate == 0.5
   assert list(config.data.languages) == ["eng", "deu"] and config.model.normalize is False
-  with pytest.raises(KeyError, match="unknown config key 'nope' in config.model"):
+  with pytest.raises(ConfigError, match="unknown config key 'nope' in config.model"):
     configs.load_config(CONFIG, ["--config.model.nope=1"])
-  with pytest.raises(ValueError, match="--config.train.steps=abc: expected an integer"):
+  with pytest.raises(ConfigError, match="--config.train.steps=abc: expected an integer"):
     configs.load_config(CONFIG, ["--config.train.steps=abc"])
 
 
@@ -167,15 +178,15 @@ def test_export_loads_in_transformers_and_matches(tmp_path, unbroken_run):
   expected = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
 
   # The same texts through lair with the checkpoint's params (step 40, not the latest).
-  rcfg, _ = checkpoint_lib.load_model_files(str(unbroken_run))
-  _, params = checkpoint_lib.Checkpoints(str(unbroken_run)).restore_params(40)
+  rcfg, _ = workdir_lib.Workdir(unbroken_run).read_model()
+  _, params = checkpoints(unbroken_run).restore_params(40)
   ours = retriever.embed(params["retriever"], tokens["input_ids"].numpy(),
                          tokens["attention_mask"].numpy(), rcfg=rcfg)
   np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
 
 
 def test_mesh_data_is_checked_against_the_devices(monkeypatch):
-  from lair.train import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh_lib = sharding
   count = len(jax.devices())
   assert mesh_lib.make_mesh(-1).shape["data"] == mesh_lib.make_mesh(count).shape["data"] == count
   for data in (0, -2, count + 1):
@@ -197,17 +208,18 @@ def test_best_step_saved_before_a_kill_is_not_saved_twice(tmp_path):
   config = configs.default_config()
   config.eval.select_best = "acc"
   params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
-  best = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, folder="best")
+  run = workdir_lib.Workdir(tmp_path)
+  best = checkpoint_lib.Checkpoints(run.best_dir, keep=1, create=True)
   try:
     best.save_params(7, params)
     best.wait()
-    loop.keep_if_best(config, {"acc": 0.5}, {"params": params}, 7, best, str(tmp_path))
+    loop.keep_if_best(config, {"acc": 0.5}, {"params": params}, 7, best, run)
     assert best.all_steps() == [7]
   finally:
     best.close()
   with open(tmp_path / "best.json", encoding="utf-8") as f:
     assert json.load(f) == {"step": 7, "metric": "acc", "value": 0.5}
-  _, restored = checkpoint_lib.Checkpoints(str(tmp_path), keep=1, folder="best").restore_params()
+  _, restored = checkpoint_lib.Checkpoints(run.best_dir).restore_params()
   np.testing.assert_array_equal(restored["w"], params["w"])
 
 
@@ -224,7 +236,7 @@ def test_final_evaluation_lost_to_a_kill_is_run_on_restart(tmp_path, unbroken_ru
   assert f"evaluation at step {STEPS}:" in proc.stdout
   with open(results, encoding="utf-8") as f:
     assert json.load(f) == expected  # Same params, same sets: the unbroken run's numbers.
-  assert checkpoint_lib.Checkpoints(str(workdir)).all_steps() == [40, 50]  # Nothing trained.
+  assert checkpoints(workdir).all_steps() == [40, 50]  # Nothing trained.
 
 
 def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
@@ -235,14 +247,14 @@ def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
   with pytest.raises(FileNotFoundError, match=r"--step best: .* config\.eval\.select_best"):
     export.export(str(workdir), str(tmp_path / "out"), step="best")
   assert not (workdir / "best").exists()  # Not created as a side effect.
-  (workdir / "best").mkdir()  # What a run without select_best leaves: an empty best/.
+  (workdir / "best").mkdir()  # An empty best/ (a run killed before its first best).
   with pytest.raises(FileNotFoundError, match=r"config\.eval\.select_best"):
     export.export(str(workdir), str(tmp_path / "out"), step="best")
   # A config.json without the prompt keys (older runs): no prompts, no KeyError.
   config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
   del config["model"]["query_prefix"], config["model"]["passage_prefix"]
   (workdir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-  assert export.read_prompts(str(workdir)) == {"query": "", "passage": ""}
+  assert export.read_prompts(workdir_lib.Workdir(workdir)) == {"query": "", "passage": ""}
   (workdir / "config.json").unlink()
   with pytest.raises(FileNotFoundError, match=rf"{workdir / 'config.json'} not found"):
     export.export(str(workdir), str(tmp_path / "out"), step=40)

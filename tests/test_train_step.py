@@ -10,8 +10,8 @@ import pytest
 import sharded_check  # pylint: disable=g-bad-import-order  (tests/ is on sys.path)
 from lair import configs
 from lair import losses
+from lair import sharding
 from lair.models import pooling
-from lair.train import mesh as mesh_lib
 from lair.train import optim
 from lair.train import step as step_lib
 from test_sharded import run_check
@@ -74,21 +74,18 @@ def test_chunk_layout_keeps_rows_on_their_device():
     step_lib.to_chunks(x, axis_size=2, chunk=4)
 
 
-def test_embedding_inputs_follow_the_weights():
+def test_embedding_inputs_follow_the_plan():
   batch = sharded_check.random_batch()
-  lcfg = sharded_check.loss_config(ir_weight=1.0)
-  inputs = step_lib.embedding_inputs(batch, lcfg)
+  plan = sharded_check.plan_for(sharded_check.loss_config(ir_weight=1.0))
+  inputs = step_lib.embedding_inputs(batch, plan)
   assert sorted(inputs) == ["negative", "passage", "query"]
   assert inputs["negative"][0].shape == (sharded_check.B * sharded_check.K, sharded_check.L)
-  lcfg = sharded_check.loss_config(ir_weight=0.0, language_weight=1.0, language_inputs="mono")
-  assert sorted(step_lib.embedding_inputs(batch, lcfg)) == ["mono", "src", "tgt"]
-  lcfg = sharded_check.loss_config(ir_weight=0.0, language_weight=1.0, language_inputs="ir")
-  del batch["ir"]
-  with pytest.raises(ValueError, match="language_inputs='ir': none of those streams"):
-    step_lib.embedding_inputs(batch, lcfg)
+  plan = sharded_check.plan_for(sharded_check.loss_config(
+      ir_weight=0.0, language_weight=1.0, language_inputs="mono"))
+  assert sorted(step_lib.embedding_inputs(batch, plan)) == ["mono", "src", "tgt"]
   del batch["parallel"]
-  with pytest.raises(ValueError, match="no 'parallel' stream, but loss.language_weight"):
-    step_lib.embedding_inputs(batch, lcfg)
+  with pytest.raises(ValueError, match=r"no \['parallel'\] stream"):
+    step_lib.embedding_inputs(batch, plan)
 
 
 def test_train_step_updates_and_logs_each_term():
@@ -99,20 +96,20 @@ def test_train_step_updates_and_logs_each_term():
   train_cfg.update(learning_rate=1e-3, warmup_steps=0, steps=10)
   mask = jax.tree.map(lambda _: True, trainable)
   optimizer, schedule = optim.make_optimizer(train_cfg, mask)
-  mesh = mesh_lib.make_mesh(1)
+  mesh = sharding.make_mesh(1)
   state = {"step": jnp.int32(0), "params": trainable, "opt_state": optimizer.init(trainable),
            "rng": jax.random.PRNGKey(0)}
-  shardings = mesh_lib.state_shardings(state, mesh)
+  shardings = sharding.state_shardings(state, mesh)
+  plan = sharded_check.plan_for(lcfg)
   loss_and_grads = step_lib.make_loss_and_grads(
-      lcfg, step_lib.make_embed_fn(rcfg), mesh, special_ids=sharded_check.SPECIAL_IDS)
+      plan, lcfg, step_lib.make_embed_fn(rcfg), mesh, special_ids=sharded_check.SPECIAL_IDS)
   train_step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)
-  batch = mesh_lib.put_batch(sharded_check.random_batch(), mesh)
+  batch = sharding.put_batch(sharded_check.random_batch(), mesh)
   state, metrics = train_step(jax.device_put(state, shardings), batch)
   assert int(state["step"]) == 1
   assert set(metrics) >= {"ir", "semantic", "language", "xtr", "ems_contrastive", "loss",
                           "grad_norm", "learning_rate"}
-  weights = losses.active_terms(lcfg)
-  np.testing.assert_allclose(metrics["loss"], sum(w * metrics[t] for t, w in weights.items()),
+  np.testing.assert_allclose(metrics["loss"], sum(w * metrics[t] for t, w in plan.weights.items()),
                              rtol=1e-6)
   _, metrics2 = train_step(state, batch)
   assert metrics2["loss"] < metrics["loss"]  # One AdamW step on the same batch helps.
@@ -158,7 +155,7 @@ def test_learning_rate_schedule(decay):
 
 
 def test_fsdp_spec_shards_big_arrays_only():
-  spec = functools.partial(mesh_lib.fsdp_spec, axis_size=8, min_size=1000)
+  spec = functools.partial(sharding.fsdp_spec, axis_size=8, min_size=1000)
   assert spec((250000, 384)) == jax.sharding.PartitionSpec("data", None)
   assert spec((250002, 384)) == jax.sharding.PartitionSpec(None, "data")  # 250002 % 8 != 0.
   assert spec((384, 1536)) == jax.sharding.PartitionSpec(None, "data")

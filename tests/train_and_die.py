@@ -8,6 +8,7 @@ fixed batch makes the interruption land at the same place every time, with no cl
 import os
 import signal
 
+from lair import cli
 from lair.data import pipeline
 from lair.train import __main__ as train_main
 
@@ -23,4 +24,4 @@ def _next_or_die(self):
 
 if __name__ == "__main__":
   pipeline.TrainBatches.__next__ = _next_or_die
-  train_main.main()
+  cli.run(train_main.main)

@@ -158,23 +158,78 @@ def _text():
   return tfds.features.Text()
 
 
+IR_FORMATS = ("squad", "triples", "beir")
+PARALLEL_FORMATS = ("tsv", "aligned")
+
+
+def stream_files(config, stream: str) -> list[str]:
+  """The input files of `stream` ("ir" | "parallel" | "mono") that config.data names.
+
+  A folder (BEIR) stands for the files under it; a malformed spec is a DataError naming it.
+  """
+  data = config.data
+  if stream == "ir":
+    return input_files(data.ir.paths)
+  if stream == "parallel":
+    if data.parallel.format == "aligned":
+      return [f for spec in data.parallel.paths for _, f in readers.parse_aligned_spec(spec)]
+    return input_files(data.parallel.paths)
+  return [readers.parse_mono_spec(s)[1] for s in data.mono.paths]
+
+
+def config_errors(config, stream: str) -> list[str]:
+  """What is wrong with the config.data keys of `stream`, its files included (one per line)."""
+  data = config.data
+  errors = []
+  if stream == "ir":
+    if data.ir.format not in IR_FORMATS:
+      errors.append(f"config.data.ir.format={data.ir.format!r}: expected one of {IR_FORMATS}")
+    if data.ir.squad_target not in readers.SQUAD_TARGETS:
+      errors.append(f"config.data.ir.squad_target={data.ir.squad_target!r}: expected one of "
+                    f"{readers.SQUAD_TARGETS}")
+    k = int(data.ir.num_negatives)
+    if k < 0 or (k and data.ir.format != "triples"):
+      errors.append(f"config.data.ir.num_negatives={k}: expected 0, or > 0 with "
+                    f"config.data.ir.format='triples' (not {data.ir.format!r})")
+    if not data.ir.paths:
+      errors.append("config.data.ir.paths is empty, but the objectives read the 'ir' stream")
+  elif stream == "parallel":
+    if data.parallel.format not in PARALLEL_FORMATS:
+      errors.append(f"config.data.parallel.format={data.parallel.format!r}: expected one of "
+                    f"{PARALLEL_FORMATS}")
+      return errors
+    if not data.parallel.paths:
+      errors.append("config.data.parallel.paths is empty, but a loss that needs parallel pairs "
+                    "has weight > 0")
+  elif not data.mono.paths and not data.mono.get("from_parallel", 0):
+    errors.append("config.data.mono.paths is empty and config.data.mono.from_parallel is 0, "
+                  "but the objectives read the 'mono' stream")
+  try:
+    files = stream_files(config, stream)
+  except readers.DataError as e:
+    return errors + [str(e)]
+  key = {"ir": "config.data.ir.paths", "parallel": "config.data.parallel.paths",
+         "mono": "config.data.mono.paths"}[stream]
+  errors += [f"{key}: {f}: no such file" for f in files if not os.path.exists(f)]
+  return errors
+
+
+def _check(config, stream: str) -> None:
+  errors = config_errors(config, stream)
+  if errors:
+    raise readers.DataError("; ".join(errors))
+
+
 def build_ir(config, cache_dir: str) -> BuiltStream:
   """IR rows from config.data.ir: `{"query", "passage"}` (+ `"negatives"` [K] when K > 0)."""
+  _check(config, "ir")
   ir = config.data.ir
   k = int(ir.num_negatives)
-  if not ir.paths:
-    raise readers.DataError("config.data.ir.paths is empty but config.loss.ir_weight > 0")
-  if k and ir.format != "triples":
-    raise readers.DataError(f"config.data.ir.num_negatives={k} needs "
-                            f"config.data.ir.format='triples', not {ir.format!r}")
   read = {
       "squad": lambda p, log: readers.read_squad(p, target=ir.squad_target, log=log),
       "triples": lambda p, log: readers.read_triples(p, num_negatives=k, log=log),
       "beir": lambda p, log: readers.read_beir_pairs(p, split="train", log=log),
-  }.get(ir.format)
-  if read is None:
-    raise readers.DataError(f"config.data.ir.format={ir.format!r}: expected "
-                            "'squad', 'triples' or 'beir'")
+  }[ir.format]
   spec = {"query": _text(), "passage": _text()}
   if k:
     spec["negatives"] = tfds.features.Sequence(_text(), length=k)
@@ -188,7 +243,7 @@ def build_ir(config, cache_dir: str) -> BuiltStream:
 
   options = {"format": ir.format, "squad_target": ir.squad_target, "num_negatives": k}
   return build_rows("ir", tfds.features.FeaturesDict(spec), rows,
-                    files=input_files(ir.paths), options=options,
+                    files=stream_files(config, "ir"), options=options,
                     cache_dir=cache_dir, strict=config.data.strict)
 
 
@@ -213,20 +268,13 @@ def _cap_per_language(rows: Iterable[dict], cap: int,
 
 def build_parallel(config, cache_dir: str) -> BuiltStream:
   """Parallel rows from config.data.parallel: `{"src", "tgt", "src_lang", "tgt_lang"}`."""
+  _check(config, "parallel")
   par = config.data.parallel
   languages = list(config.data.languages)
-  if not par.paths:
-    raise readers.DataError("config.data.parallel.paths is empty but a loss that needs "
-                            "parallel pairs has weight > 0")
   if par.format == "tsv":
-    files = input_files(par.paths)
     read = lambda p, log: readers.read_parallel_tsv(p, languages=languages, log=log)
-  elif par.format == "aligned":
-    files = [f for spec in par.paths for _, f in readers.parse_aligned_spec(spec)]
-    read = lambda p, log: readers.read_aligned(p, languages=languages, log=log)
   else:
-    raise readers.DataError(f"config.data.parallel.format={par.format!r}: expected "
-                            "'tsv' or 'aligned'")
+    read = lambda p, log: readers.read_aligned(p, languages=languages, log=log)
 
   def rows(log):
     all_rows = (row for path in par.paths for row in read(path, log))
@@ -238,20 +286,22 @@ def build_parallel(config, cache_dir: str) -> BuiltStream:
       "src": _text(), "tgt": _text(), "src_lang": np.int32, "tgt_lang": np.int32})
   options = {"format": par.format, "languages": languages,
              "max_pairs_per_language": int(par.max_pairs_per_language)}
-  return build_rows("parallel", features, rows, files=files, options=options,
+  return build_rows("parallel", features, rows, files=stream_files(config, "parallel"),
+                    options=options,
                     cache_dir=cache_dir, strict=config.data.strict)
 
 
 def build_mono(config, cache_dir: str) -> BuiltStream:
   """Monolingual rows from config.data.mono ("xxx:PATH" entries): `{"text", "lang"}`."""
+  _check(config, "mono")
   languages = list(config.data.languages)
   specs = list(config.data.mono.paths)
-  files = [readers.parse_mono_spec(s)[1] for s in specs]
 
   def rows(log):
     for spec in specs:
       yield from readers.read_mono(spec, languages=languages, log=log)
 
   features = tfds.features.FeaturesDict({"text": _text(), "lang": np.int32})
-  return build_rows("mono", features, rows, files=files, options={"languages": languages},
+  return build_rows("mono", features, rows, files=stream_files(config, "mono"),
+                    options={"languages": languages},
                     cache_dir=cache_dir, strict=config.data.strict)

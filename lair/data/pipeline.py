@@ -8,11 +8,8 @@
    "mono":     {"ids", "mask": [M, L], "lang": [M]}}     (all int32)
 
 with B, P, M this host's share of train.batch_size, train.parallel_batch_size and
-train.mono_batch_size. A stream is present only when a loss uses it:
-  * "ir": loss.ir_weight > 0;
-  * "parallel": loss.semantic_weight, xtr_weight, ems_contrastive_weight or
-    language_weight > 0 (the language loss contrasts against parallel pairs);
-  * "mono": loss.language_weight > 0 and data.mono.paths is not empty.
+train.mono_batch_size. The streams present are exactly the objective plan's
+(`lair.objectives.plan_objectives(config).streams`): those whose texts an active loss embeds.
 
 Order. Each stream visits its rows in a fresh permutation every epoch, drawn from
 (seed, stream, epoch), forever. Global batch t of a stream holds the rows at
@@ -30,79 +27,22 @@ field in the *global* batch: every host pads to the same length, which
 whole global batch (cheap next to the model) and keeps its slice.
 """
 import functools
-from typing import Iterator, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 
+from lair import objectives
 from lair.data import builders
+from lair.data.tokenize import Tokenize
 
-STREAMS = ("ir", "parallel", "mono")
-
-
-def active_streams(config) -> list[str]:
-  """The streams some loss with weight > 0 reads (see the module docstring)."""
-  loss = config.loss
-  streams = []
-  if loss.ir_weight > 0:
-    streams.append("ir")
-  if (loss.semantic_weight > 0 or loss.xtr_weight > 0 or loss.ems_contrastive_weight > 0
-      or loss.language_weight > 0):
-    streams.append("parallel")
-  if loss.language_weight > 0 and config.data.mono.paths:
-    streams.append("mono")
-  return streams
-
-
-def bucket_lengths(buckets: Sequence[int], max_len: int) -> list[int]:
-  """The lengths a field may be padded to: the buckets below `max_len`, then `max_len`."""
-  return sorted({b for b in buckets if 0 < b < max_len} | {max_len})
-
-
-def pad_to_bucket(token_ids: Sequence[Sequence[int]], lengths: Sequence[int],
-                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Pads rows to the smallest of `lengths` that fits the longest row.
-
-  Args:
-    token_ids: N rows of token ids, each at most max(lengths) long.
-    lengths: allowed padded lengths, ascending (`bucket_lengths`).
-    pad_id: the tokenizer's pad token id.
-
-  Returns:
-    ids [N, L] int32 (pad_id after each row) and mask [N, L] int32 (1 on tokens).
-  """
-  longest = max((len(t) for t in token_ids), default=1)
-  length = next(b for b in lengths if b >= longest)
-  ids = np.full((len(token_ids), length), pad_id, np.int32)
-  mask = np.zeros((len(token_ids), length), np.int32)
-  for i, row in enumerate(token_ids):
-    ids[i, :len(row)] = row
-    mask[i, :len(row)] = 1
-  return ids, mask
+STREAMS = objectives.STREAMS
 
 
 def _decode(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class _Tokenize:
-  """Prefix, tokenize, truncate and bucket-pad text with an HF tokenizer."""
-
-  def __init__(self, tokenizer, buckets: Sequence[int]):
-    if tokenizer.pad_token_id is None:
-      raise ValueError(f"tokenizer {type(tokenizer).__name__} has no pad token")
-    self.tokenizer = tokenizer
-    self.buckets = list(buckets)
-
-  def __call__(self, texts: Sequence[str], max_len: int,
-               prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """texts [N] -> ids, mask [N, L] with L the bucket of the longest (truncated) row."""
-    encoded = self.tokenizer([prefix + t for t in texts], truncation=True,
-                             max_length=max_len, padding=False)["input_ids"]
-    return pad_to_bucket(encoded, bucket_lengths(self.buckets, max_len),
-                         self.tokenizer.pad_token_id)
-
-
-def _ir_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
+def _ir_batch(rows: list[dict], tokenize: Tokenize, config) -> dict:
   data, model = config.data, config.model
   q_ids, q_mask = tokenize([_decode(r["query"]) for r in rows], data.max_query_len,
                            model.query_prefix)
@@ -120,7 +60,7 @@ def _ir_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
   return batch
 
 
-def _parallel_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
+def _parallel_batch(rows: list[dict], tokenize: Tokenize, config) -> dict:
   n = len(rows)
   # Both sides share one length L so that a step may embed them together.
   texts = [_decode(r["src"]) for r in rows] + [_decode(r["tgt"]) for r in rows]
@@ -130,7 +70,7 @@ def _parallel_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
           "tgt_lang": np.array([r["tgt_lang"] for r in rows], np.int32)}
 
 
-def _mono_batch(rows: list[dict], tokenize: _Tokenize, config) -> dict:
+def _mono_batch(rows: list[dict], tokenize: Tokenize, config) -> dict:
   ids, mask = tokenize([_decode(r["text"]) for r in rows], config.data.max_sentence_len,
                        config.model.query_prefix)
   return {"ids": ids, "mask": mask, "lang": np.array([r["lang"] for r in rows], np.int32)}
@@ -173,17 +113,25 @@ class TrainBatches:
   """
 
   def __init__(self, config, tokenizer, *, seed: int, process_index: int = 0,
-               process_count: int = 1, workdir: str | None = None):
+               process_count: int = 1, cache_dir: Optional[str] = None,
+               plan: Optional[objectives.ObjectivePlan] = None):
+    """Builds (or reuses) the array_record caches of the plan's streams.
+
+    Args:
+      config: the run config (data, train batch sizes, model prefixes).
+      tokenizer: the model's HF tokenizer.
+      seed: the epoch permutations' seed.
+      process_index, process_count: this host's slice of every global batch.
+      cache_dir: where the caches go (config.data.cache_dir wins when set).
+      plan: the objective plan (default: `plan_objectives(config)`).
+    """
     self.config = config
     self.seed = int(seed)
     self.process_index, self.process_count = int(process_index), int(process_count)
-    self.streams = active_streams(config)
-    if not self.streams:
-      raise ValueError("no stream to read: config.loss.ir_weight, semantic_weight, "
-                       "language_weight, xtr_weight and ems_contrastive_weight are all 0")
-    cache_dir = config.data.cache_dir or (f"{workdir}/data" if workdir else "")
+    self.streams = list((plan or objectives.plan_objectives(config)).streams)
+    cache_dir = config.data.cache_dir or cache_dir
     if not cache_dir:
-      raise ValueError("config.data.cache_dir is empty and no workdir was given: "
+      raise ValueError("config.data.cache_dir is empty and no cache folder was given: "
                        "nowhere to write the array_record files")
     self.global_batch = {}
     for name in self.streams:
@@ -195,7 +143,7 @@ class TrainBatches:
     built = {name: _BUILD[name](config, cache_dir) for name in self.streams}
     self._sources = {name: b.source for name, b in built.items()}
     self.stats = {name: b.stats for name, b in built.items()}
-    self._tokenize = _Tokenize(tokenizer, config.data.length_buckets)
+    self._tokenize = Tokenize(tokenizer, config.data.length_buckets)
     self.step = 0
 
   def __iter__(self) -> Iterator[dict]:
@@ -231,3 +179,28 @@ class TrainBatches:
         raise ValueError(f"input pipeline state has {key}={state.get(key)} but this pipeline "
                          f"has {mine[key]}: it was saved with other data or config")
     self.step = int(state["step"])
+
+
+def config_errors(config, plan: objectives.ObjectivePlan) -> list[str]:
+  """What is wrong with `config.data` and the batch sizes of the plan's streams (one per line).
+
+  Input files are checked for existence here, so that a run with a missing file stops before it
+  writes anything.
+  """
+  data = config.data
+  errors = []
+  for key in ("max_query_len", "max_passage_len", "max_sentence_len"):
+    if int(data[key]) <= 0:
+      errors.append(f"config.data.{key}={data[key]}: expected a positive integer")
+  if not data.length_buckets or any(int(b) <= 0 for b in data.length_buckets):
+    errors.append(f"config.data.length_buckets={list(data.length_buckets)}: expected positive "
+                  f"integers")
+  if not data.languages:
+    errors.append("config.data.languages is empty: expected ISO 639-3 codes, e.g. ['eng']")
+  for stream in plan.streams:
+    key = _BATCH_SIZE_KEY[stream]
+    if int(config.train[key]) <= 0:
+      errors.append(f"config.train.{key}={config.train[key]}: expected a positive integer "
+                    f"(the {stream!r} stream is read)")
+    errors += builders.config_errors(config, stream)
+  return errors

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import numpy as np
 
 from lair.data import readers
+from lair.errors import ConfigError
 from lair.evaluate import metrics as metrics_lib
 
 DEFAULT_METRICS = {
@@ -53,19 +54,55 @@ class Encoders:
   sentence: Encoder  # Tatoeba: both sides use the query tower and prefix.
 
 
-def check_set(spec: Mapping) -> None:
-  """Raises naming the config.eval.sets entry and the field at fault."""
+def set_errors(spec: Mapping) -> list[str]:
+  """What is wrong with one config.eval.sets entry, naming it and the field (files included)."""
   name = spec.get("name", "?")
   for key in ("name", "kind", "paths"):
     if not spec.get(key):
-      raise ValueError(f"config.eval.sets entry {name!r}: missing {key!r} "
-                       "(expected {name, kind, paths, ...})")
+      return [f"config.eval.sets entry {name!r}: missing {key!r} "
+              "(expected {name, kind, paths, ...})"]
   if spec["kind"] not in KINDS:
-    raise ValueError(f"config.eval.sets entry {name!r}: kind={spec['kind']!r}, expected one of "
-                     f"{KINDS}")
+    return [f"config.eval.sets entry {name!r}: kind={spec['kind']!r}, expected one of {KINDS}"]
   if isinstance(spec["paths"], str):
-    raise ValueError(f"config.eval.sets entry {name!r}: paths must be a list of paths, got "
-                     f"the string {spec['paths']!r}")
+    return [f"config.eval.sets entry {name!r}: paths must be a list of paths, got the string "
+            f"{spec['paths']!r}"]
+  files = []
+  for path in spec["paths"]:
+    if spec["kind"] == "tatoeba":
+      try:
+        files += [f for _, f in readers.parse_aligned_spec(path)]
+      except readers.DataError as e:
+        return [f"config.eval.sets entry {name!r}: {e}"]
+    else:
+      files.append(path)
+  return [f"config.eval.sets entry {name!r}: {f}: no such file or folder"
+          for f in files if not os.path.exists(f)]
+
+
+def check_set(spec: Mapping) -> None:
+  """Raises ConfigError naming the config.eval.sets entry and the field at fault."""
+  errors = set_errors(spec)
+  if errors:
+    raise ConfigError("; ".join(errors))
+
+
+SEARCH_METHODS = ("auto", "exact", "scann")
+
+
+def config_errors(eval_cfg) -> list[str]:
+  """What is wrong with `config.eval` (one line per key or set)."""
+  errors = [e for spec in eval_cfg.sets for e in set_errors(dict(spec))]
+  if eval_cfg.search not in SEARCH_METHODS:
+    errors.append(f"config.eval.search={eval_cfg.search!r}: expected one of {SEARCH_METHODS}")
+  for key in ("top_k", "batch_size"):
+    if int(eval_cfg[key]) <= 0:
+      errors.append(f"config.eval.{key}={eval_cfg[key]}: expected a positive integer")
+  if eval_cfg.select_best:
+    names = [dict(s).get("name") for s in eval_cfg.sets]
+    if eval_cfg.select_best.count("/") < 2 or eval_cfg.select_best.split("/")[0] not in names:
+      errors.append(f"config.eval.select_best={eval_cfg.select_best!r}: expected "
+                    f"'SET/METRIC/GROUP' with SET one of config.eval.sets' names {names}")
+  return errors
 
 
 # ----------------------------------------------------------------------------

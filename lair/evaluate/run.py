@@ -1,14 +1,13 @@
 """`run_evaluations`: every set of `config.eval.sets`, a table on stdout, JSON in the workdir."""
 import functools
-import json
-import os
 import time
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Union
 
 from absl import logging
 import jax
 import ml_collections
 
+from lair import workdir as workdir_lib
 from lair.evaluate import encode
 from lair.evaluate import evaluators
 from lair.evaluate import search
@@ -55,18 +54,14 @@ def format_table(results: Mapping[str, float]) -> str:
   return "\n".join(lines)
 
 
-def results_path(workdir: str, step: Optional[int]) -> str:
-  """workdir/eval/step_N.json, or workdir/eval/eval.json without a step."""
-  name = "eval.json" if step is None else f"step_{int(step)}.json"
-  return os.path.join(workdir, "eval", name)
-
-
 def run_evaluations(config: ml_collections.ConfigDict, params, rcfg, tokenizer, *,
-                    workdir: Optional[str], step: Optional[int] = None) -> Dict[str, float]:
+                    workdir: Union[workdir_lib.Workdir, str, None],
+                    step: Optional[int] = None) -> Dict[str, float]:
   """Scores `params` on every `config.eval.sets` entry.
 
   Returns flat metrics ("xquad-r/map@20/de", "xquad-r/map@20/mean", ...), prints them as a
-  table and (on process 0, when `workdir` is set) writes them to `results_path(workdir, step)`.
+  table and (on process 0, when `workdir` is set) writes them to its eval/step_N.json
+  (eval/eval.json without a step).
   """
   searcher = make_searcher(config)
   results = {}
@@ -82,9 +77,7 @@ def run_evaluations(config: ml_collections.ConfigDict, params, rcfg, tokenizer, 
     print(f"evaluation at step {step}:" if step is not None else "evaluation:")
     print(format_table(results), flush=True)
     if workdir:
-      path = results_path(workdir, step)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path, "w", encoding="utf-8") as f:
-        json.dump({"step": step, "metrics": results}, f, indent=1, sort_keys=True)
-      logging.info("wrote %s", path)
+      if not isinstance(workdir, workdir_lib.Workdir):
+        workdir = workdir_lib.Workdir(workdir)
+      logging.info("wrote %s", workdir.write_eval(step, results))
   return results

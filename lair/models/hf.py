@@ -18,8 +18,11 @@ Export writes a directory that both `transformers.AutoModel` and
 
 With separate towers the top level holds the query tower and `passage_encoder/` holds the
 passage tower as a second, complete directory of the same form (both share the head).
-The HF pooler (`pooler.dense`) is not written: lair does not use it, so `AutoModel` initialises
-it at random and `pooler_output` is meaningless; `last_hidden_state` is exact.
+lair does not train BERT's pooler; the export writes it as the identity (`pooler_output` is
+tanh of the CLS state), so `AutoModel` loads every weight it expects and says nothing.
+
+`load_retriever` reads any such folder back, lair's exports and third-party sentence-transformers
+models alike, with the modules it declares: pooling mode, Dense layers, Normalize and prompts.
 """
 import dataclasses
 import json
@@ -30,6 +33,8 @@ import jax
 import numpy as np
 import safetensors.numpy
 
+from lair import errors
+from lair import files
 from lair.models import bert
 from lair.models import pooling
 from lair.models import retriever
@@ -79,6 +84,13 @@ def param_name_map(num_layers: int):
 
 # ---------------------------------------------------------------------------------------------
 # Import.
+
+
+def looks_like_hub_name(path_or_name: str) -> bool:
+  """"org/name" (a Hugging Face hub model id) rather than a local path."""
+  text = str(path_or_name)
+  return (text.count("/") == 1 and not text.startswith((".", "/", "~"))
+          and not pathlib.Path(text).exists())
 
 
 def _resolve(path_or_name: str) -> pathlib.Path:
@@ -232,7 +244,10 @@ def hf_config_dict(config: bert.EncoderConfig) -> dict:
 
 
 def torch_state_from_encoder_params(params, config: bert.EncoderConfig) -> dict:
-  """HF (BertModel, no prefix) name -> float32 numpy array, [out, in] linear weights."""
+  """HF (BertModel, no prefix) name -> float32 numpy array, [out, in] linear weights.
+
+  Includes an identity pooler (lair trains none; see the module docstring).
+  """
   state = {}
   for path, name, transpose in param_name_map(config.num_layers):
     value = params
@@ -240,6 +255,8 @@ def torch_state_from_encoder_params(params, config: bert.EncoderConfig) -> dict:
       value = value[key]
     value = np.asarray(value, np.float32)
     state[name] = np.ascontiguousarray(value.T if transpose else value)
+  state["pooler.dense.weight"] = np.eye(config.hidden_size, dtype=np.float32)
+  state["pooler.dense.bias"] = np.zeros((config.hidden_size,), np.float32)
   return state
 
 
@@ -274,15 +291,15 @@ def _sentence_transformers_modules(out: pathlib.Path, params, rcfg: retriever.Re
       "pooling_mode_lasttoken": False,
       "include_prompt": True})
   if rcfg.projection:
-    sizes = pooling.head_layer_sizes(rcfg.projection, hidden, rcfg.embedding_dim)
-    for i, (n_in, n_out) in enumerate(sizes):
-      # The MLP's hidden layer is followed by exact GELU (torch's default); the last is linear.
-      activation = ("torch.nn.modules.activation.GELU" if i < len(sizes) - 1
-                    else "torch.nn.modules.linear.Identity")
+    head = params["head"]
+    activations = pooling.head_activations(len(head), rcfg.head_activations)
+    for i, act in enumerate(activations):
+      layer = head[f"dense_{i}"]
+      n_in, n_out = np.shape(layer["kernel"])
       folder = add("Dense")
       _write_json(folder / "config.json", {"in_features": n_in, "out_features": n_out,
-                                           "bias": True, "activation_function": activation})
-      layer = params["head"][f"dense_{i}"]
+                                           "bias": True,
+                                           "activation_function": _TORCH_ACTIVATIONS[act]})
       safetensors.numpy.save_file(
           {"linear.weight": np.ascontiguousarray(np.asarray(layer["kernel"], np.float32).T),
            "linear.bias": np.asarray(layer["bias"], np.float32)},
@@ -307,23 +324,158 @@ def _export_tower(enc_params, params, rcfg, tokenizer, out: pathlib.Path, prompt
 
 
 def export_hf(params, rcfg: retriever.RetrieverConfig, tokenizer, out_dir,
-              prompts: Optional[dict] = None) -> pathlib.Path:
+              prompts: Optional[dict] = None, *, overwrite: bool = False) -> pathlib.Path:
   """Writes retriever `params` as an HF + sentence-transformers directory; returns its path.
 
   Shared towers: one directory. Separate towers: the query tower in `out_dir` and the passage
   tower in `out_dir/passage_encoder` (layout in the module docstring). `prompts` (e.g.
   {"query": "query: ", "passage": "passage: "}) become sentence-transformers prompts, so
   `model.encode(texts, prompt_name="query")` adds the prefix the model was trained with.
+
+  The folder is written beside `out_dir` and swapped in whole: an existing non-empty `out_dir`
+  is an error unless `overwrite`, which replaces it (nothing of the old folder is left in it).
   """
-  out = pathlib.Path(out_dir)
+  out = pathlib.Path(out_dir).expanduser()
   if not hasattr(tokenizer, "save_pretrained"):
     raise TypeError(f"export_hf({str(out)!r}) needs a transformers tokenizer (with "
                     f"save_pretrained), got {type(tokenizer).__name__}.")
+  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    raise errors.ConfigError(f"--out={out}: the folder exists and is not empty",
+                             hint="pass --overwrite to replace it whole, or choose another --out")
   retriever.check_vocabulary(tokenizer, rcfg.encoder, f"export_hf({str(out)!r})")
   params = jax.device_get(params)
   prompts = {name: text for name, text in (prompts or {}).items() if text}
-  _export_tower(retriever.encoder_params(params, "query"), params, rcfg, tokenizer, out, prompts)
-  if not rcfg.shared_towers:
-    _export_tower(retriever.encoder_params(params, "passage"), params, rcfg, tokenizer,
-                  out / "passage_encoder", prompts)
+
+  def write(folder):
+    folder = pathlib.Path(folder)
+    _export_tower(retriever.encoder_params(params, "query"), params, rcfg, tokenizer, folder,
+                  prompts)
+    if not rcfg.shared_towers:
+      _export_tower(retriever.encoder_params(params, "passage"), params, rcfg, tokenizer,
+                    folder / "passage_encoder", prompts)
+
+  files.replace_folder(str(out), write)
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a sentence-transformers folder back: `load_retriever`.
+
+_TORCH_ACTIVATIONS = {"identity": "torch.nn.modules.linear.Identity",
+                      "gelu": "torch.nn.modules.activation.GELU",
+                      "tanh": "torch.nn.modules.activation.Tanh",
+                      "relu": "torch.nn.modules.activation.ReLU"}
+_ST = "sentence_transformers.models."
+# Prompt names third-party models use for the passage side.
+_PASSAGE_PROMPTS = ("passage", "document", "corpus", "doc")
+
+
+@dataclasses.dataclass
+class LoadedRetriever:
+  """A retriever read from an HF / sentence-transformers folder."""
+  rcfg: retriever.RetrieverConfig
+  params: dict
+  tokenizer: object
+  prompts: dict  # {"query": prefix, "passage": prefix}, empty strings when the folder has none.
+
+
+def _activation_name(torch_name: str, where: pathlib.Path) -> str:
+  for name, full in _TORCH_ACTIVATIONS.items():
+    if torch_name in (full, full.rsplit(".", 1)[-1], f"torch.nn.{full.rsplit('.', 1)[-1]}"):
+      return name
+  raise errors.ConfigError(f"{where}: activation_function={torch_name!r} is not supported; "
+                           f"expected one of {sorted(_TORCH_ACTIVATIONS.values())}")
+
+
+def _pooling_mode(config_file: pathlib.Path) -> str:
+  cfg = json.loads(config_file.read_text())
+  modes = [m for m in ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens",
+                       "weightedmean_tokens", "lasttoken") if cfg.get(f"pooling_mode_{m}")]
+  if modes not in (["cls_token"], ["mean_tokens"]):
+    raise errors.ConfigError(f"{config_file}: pooling modes {modes or 'none'}; lair pools with "
+                             f"exactly one of cls_token or mean_tokens")
+  if not cfg.get("include_prompt", True):
+    raise errors.ConfigError(f"{config_file}: include_prompt=false (pooling without the prompt's "
+                             f"tokens) is not supported")
+  return "cls" if modes == ["cls_token"] else "mean"
+
+
+def _dense_layer(folder: pathlib.Path):
+  """({"kernel": [in, out], "bias": [out]}, activation name) of one sentence-transformers Dense."""
+  cfg = json.loads((folder / "config.json").read_text())
+  weights_file = next((folder / n for n in ("model.safetensors", "pytorch_model.bin")
+                       if (folder / n).exists()), None)
+  if weights_file is None:
+    raise FileNotFoundError(f"{folder}: a Dense module without model.safetensors or "
+                            f"pytorch_model.bin")
+  tensors = _read_tensors(weights_file)
+  kernel = np.asarray(tensors["linear.weight"], np.float32).T
+  bias = tensors.get("linear.bias")
+  bias = np.zeros((kernel.shape[1],), np.float32) if bias is None else np.asarray(bias, np.float32)
+  if kernel.shape != (cfg["in_features"], cfg["out_features"]):
+    raise ValueError(f"{weights_file}: linear.weight is {kernel.T.shape} but config.json says "
+                     f"[{cfg['out_features']}, {cfg['in_features']}]")
+  activation = _activation_name(cfg.get("activation_function", "torch.nn.modules.activation.Tanh"),
+                                folder / "config.json")
+  return {"kernel": kernel, "bias": bias}, activation
+
+
+def load_retriever(path: str, *, pooling_default: str = "mean", normalize_default: bool = True,
+                   dtype: str = "float32") -> LoadedRetriever:
+  """A retriever from an HF or sentence-transformers folder, as its modules declare.
+
+  With modules.json (sentence-transformers, lair's exports included): the Transformer module's
+  encoder, its Pooling mode (cls or mean), each Dense layer (weights and activation), Normalize,
+  and the prompts of config_sentence_transformers.json ("query"; "passage", "document" or
+  "corpus"). A lair export with separate towers also brings `passage_encoder/`. Any other module
+  is an error naming it. Without modules.json (a plain HF encoder): `pooling_default` and
+  `normalize_default`, no head, no prompts.
+  """
+  directory = _resolve(path)
+  modules_file = directory / "modules.json"
+  if not modules_file.exists():
+    enc_cfg, enc_params, tokenizer = load_hf(str(directory))
+    rcfg = retriever.RetrieverConfig(encoder=dataclasses.replace(enc_cfg, dtype=dtype),
+                                     pooling=pooling_default, normalize=normalize_default)
+    return LoadedRetriever(rcfg, {"encoder": enc_params}, tokenizer, {"query": "", "passage": ""})
+  encoder_dir, pool_mode, normalize, head, activations = None, None, False, {}, []
+  for module in json.loads(modules_file.read_text()):
+    kind = module.get("type", "")
+    folder = directory / module.get("path", "")
+    if kind == _ST + "Transformer":
+      encoder_dir = folder
+    elif kind == _ST + "Pooling":
+      pool_mode = _pooling_mode(folder / "config.json")
+    elif kind == _ST + "Dense":
+      head[f"dense_{len(head)}"], act = _dense_layer(folder)
+      activations.append(act)
+    elif kind == _ST + "Normalize":
+      normalize = True
+    else:
+      raise errors.ConfigError(f"{modules_file}: module {kind!r} is not supported (lair reads "
+                               f"Transformer, Pooling, Dense and Normalize)")
+  if encoder_dir is None or pool_mode is None:
+    raise errors.ConfigError(f"{modules_file}: expected a Transformer and a Pooling module")
+  enc_cfg, enc_params, tokenizer = load_hf(str(encoder_dir))
+  params = {"encoder": enc_params}
+  shared = not (directory / "passage_encoder" / "modules.json").exists()
+  if not shared:
+    _, passage_params, _ = load_hf(str(directory / "passage_encoder"))
+    params = {"query_encoder": enc_params, "passage_encoder": passage_params}
+  projection, projection_dim = "", 0
+  if head:
+    projection = "linear" if len(head) == 1 else "mlp"
+    projection_dim = int(head[f"dense_{len(head) - 1}"]["kernel"].shape[1])
+    params["head"] = head
+  rcfg = retriever.RetrieverConfig(
+      encoder=dataclasses.replace(enc_cfg, dtype=dtype), pooling=pool_mode,
+      projection=projection, projection_dim=projection_dim, normalize=normalize,
+      shared_towers=shared,
+      head_activations=tuple(activations) if head else ())
+  prompts = {"query": "", "passage": ""}
+  st_config = directory / "config_sentence_transformers.json"
+  if st_config.exists():
+    declared = json.loads(st_config.read_text()).get("prompts") or {}
+    prompts["query"] = declared.get("query", "")
+    prompts["passage"] = next((declared[k] for k in _PASSAGE_PROMPTS if declared.get(k)), "")
+  return LoadedRetriever(rcfg, params, tokenizer, prompts)

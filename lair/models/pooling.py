@@ -6,13 +6,17 @@ Projection head params:
   "linear": {"dense_0": {"kernel": [H, D], "bias": [D]}}
   "mlp":    {"dense_0": {"kernel": [H, H], "bias": [H]}, "dense_1": {"kernel": [H, D], "bias": [D]}}
 with an exact GELU after dense_0 of the MLP. Each dense is one sentence-transformers `Dense`
-module on export (see hf.py).
+module on export (see hf.py). A head imported from a sentence-transformers folder may have other
+sizes and activations (`activations`, e.g. LaBSE's ("tanh",)); the layer sizes always come from
+the params themselves.
 """
 import jax
 import jax.numpy as jnp
 
 POOLINGS = ("cls", "mean")
 PROJECTIONS = ("", "linear", "mlp")
+ACTIVATIONS = {"identity": lambda x: x, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+               "tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
 def pool(hidden, mask, kind: str):
@@ -61,13 +65,21 @@ def init_head(kind: str, in_dim: int, out_dim: int, rng) -> dict:
           for i, (r, (n_in, n_out)) in enumerate(zip(rngs, sizes))}
 
 
-def apply_head(params, x):
-  """x [B, H] -> [B, D] float32 through the projection head (its layers: `init_head`)."""
-  num_layers = len(params)
+def head_activations(num_layers: int, activations=()) -> tuple[str, ...]:
+  """Each layer's activation: `activations` when given, else GELU between layers, none last."""
+  if activations:
+    return tuple(activations)
+  return ("gelu",) * (num_layers - 1) + ("identity",)
+
+
+def apply_head(params, x, activations=()):
+  """x [B, H] -> [B, D] float32 through the projection head (its layers: `init_head`).
+
+  `activations` names each layer's (keys of ACTIVATIONS); default `head_activations`.
+  """
+  acts = head_activations(len(params), activations)
   x = x.astype(jnp.float32)
-  for i in range(num_layers):
+  for i, act in enumerate(acts):
     layer = params[f"dense_{i}"]
-    x = x @ layer["kernel"] + layer["bias"]
-    if i < num_layers - 1:
-      x = jax.nn.gelu(x, approximate=False)
+    x = ACTIVATIONS[act](x @ layer["kernel"] + layer["bias"])
   return x

@@ -23,6 +23,9 @@ class RetrieverConfig:
   projection_dim: int = 0  # 0: the encoder's hidden size.
   normalize: bool = True
   shared_towers: bool = True
+  # Each head layer's activation (pooling.ACTIVATIONS); () is lair's own (GELU between layers).
+  # Set for heads imported from sentence-transformers folders (hf.load_retriever).
+  head_activations: tuple = ()
 
   def __post_init__(self):
     if self.pooling not in pooling.POOLINGS:
@@ -39,6 +42,13 @@ class RetrieverConfig:
       raise ValueError(f"model.projection_dim={self.projection_dim} needs a head; set "
                        f"model.projection to one of {[p for p in pooling.PROJECTIONS if p]} or "
                        f"projection_dim to 0.")
+
+  @classmethod
+  def from_dict(cls, fields: dict) -> "RetrieverConfig":
+    """The inverse of `dataclasses.asdict` (model.json, lair_retriever.json)."""
+    fields = dict(fields)
+    fields["head_activations"] = tuple(fields.get("head_activations", ()))
+    return cls(encoder=bert.EncoderConfig(**fields.pop("encoder")), **fields)
 
   @property
   def embedding_dim(self) -> int:
@@ -98,7 +108,7 @@ def embed(params, input_ids, attention_mask, *, rcfg: RetrieverConfig, tower: st
                        config=rcfg.encoder, train=train, rng=rng)
   x = pooling.pool(hidden, attention_mask, rcfg.pooling)
   if rcfg.projection:
-    x = pooling.apply_head(params["head"], x)
+    x = pooling.apply_head(params["head"], x, rcfg.head_activations)
   if rcfg.normalize:
     x = pooling.l2_normalize(x)
   return x
@@ -110,44 +120,6 @@ def check_vocabulary(tokenizer, encoder_config: bert.EncoderConfig, source: str)
     raise ValueError(
         f"{source}: the tokenizer has {len(tokenizer)} tokens but the embedding table has "
         f"vocab_size={encoder_config.vocab_size} rows; expected len(tokenizer) <= vocab_size.")
-
-
-def build_from_config(model_cfg, *, tokenizer=None, rng):
-  """(RetrieverConfig, params, tokenizer) from `config.model`.
-
-  With `model_cfg.hf_path` the encoder (and, unless one is passed, its tokenizer) is imported
-  by `load_hf`; otherwise a random encoder is built from `model_cfg.encoder`, whose
-  vocab_size = 0 means len(tokenizer) and whose pad id is the tokenizer's.
-  `model_cfg.dtype` sets the compute dtype.
-  """
-  if model_cfg.hf_path:
-    from lair.models import hf  # pylint: disable=g-import-not-at-top  (pulls in transformers)
-    enc_cfg, enc_params, hf_tokenizer = hf.load_hf(model_cfg.hf_path)  # Checks its tokenizer.
-    enc_cfg = dataclasses.replace(enc_cfg, dtype=model_cfg.dtype)
-    if tokenizer is None:
-      tokenizer = hf_tokenizer
-    else:
-      check_vocabulary(tokenizer, enc_cfg, f"model.hf_path={model_cfg.hf_path!r}")
-  else:
-    e = model_cfg.encoder
-    vocab_size = e.vocab_size
-    if not vocab_size:
-      if tokenizer is None:
-        raise ValueError("model.encoder.vocab_size=0 takes the tokenizer's size, but no "
-                         "tokenizer was given; pass one or set model.encoder.vocab_size.")
-      vocab_size = len(tokenizer)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    enc_cfg = bert.EncoderConfig(
-        model_type=e.model_type, vocab_size=vocab_size, hidden_size=e.hidden_size,
-        num_layers=e.num_layers, num_heads=e.num_heads, intermediate_size=e.intermediate_size,
-        max_position_embeddings=e.max_position_embeddings, type_vocab_size=e.type_vocab_size,
-        layer_norm_eps=e.layer_norm_eps, hidden_dropout=e.hidden_dropout,
-        attention_dropout=e.attention_dropout, pad_token_id=pad_id if pad_id is not None else 0,
-        dtype=model_cfg.dtype)
-    check_vocabulary(tokenizer, enc_cfg, "model.encoder.vocab_size")
-    enc_params = None
-  rcfg = retriever_config_from_config(model_cfg, enc_cfg)
-  return rcfg, init_retriever(rcfg, rng, enc_params), tokenizer
 
 
 def trainable_mask(params, freeze_embeddings: bool):

@@ -1,32 +1,31 @@
 """`python -m lair.train --config=configs/NAME.py[:ARG] --workdir=DIR [--config.a.b=VALUE ...]`.
 
-Trains (or resumes, when DIR holds a checkpoint) the run the config describes; see loop.py.
+Trains (or resumes, when DIR holds a checkpoint) the run the config describes; see loop.py. The
+command line is parsed by ml_collections.config_flags (lair/configs.py).
 """
-import argparse
-import sys
+from absl import flags
 
+from lair import cli
 from lair import configs
+from lair import sharding
+from lair.errors import ConfigError
 from lair.train import loop
 
 
-def parse_args(argv):
-  """(config path[:arg], workdir, ['--config.a.b=v', ...]); anything else is an error."""
-  parser = argparse.ArgumentParser(prog="python -m lair.train", description=__doc__)
-  parser.add_argument("--config", required=True, help="configs/NAME.py[:ARG]")
-  parser.add_argument("--workdir", required=True, help="run directory (resumed if it exists)")
-  args, rest = parser.parse_known_args(argv)
-  bad = [a for a in rest if not a.startswith("--config.")]
-  if bad:
-    parser.error(f"unrecognized arguments {bad}: expected --config.KEY=VALUE overrides")
-  return args.config, args.workdir, rest
+def define_flags(flag_values: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "run directory (resumed when it holds a run)",
+                      flag_values=flag_values)
 
 
-def main(argv=None):
-  config_path, workdir, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  config = configs.load_config(config_path, overrides)
-  loop.initialize_distributed()
-  loop.train(config, workdir)
+def main(argv) -> None:
+  config, flag_values = configs.parse_command_line(argv, define_flags)
+  if config is None:
+    raise ConfigError("--config=configs/NAME.py[:ARG] is required")
+  if not flag_values.workdir:
+    raise ConfigError("--workdir=DIR is required (the run directory; resumed when it holds a run)")
+  sharding.initialize_distributed()
+  loop.train(config, flag_values.workdir)
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

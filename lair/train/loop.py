@@ -1,19 +1,26 @@
-"""The training loop: build everything from the config, resume, step, log, checkpoint, evaluate.
+"""The training loop: check the config, build, resume, step, log, checkpoint, evaluate.
 
 `train(config, workdir)` reads top to bottom:
-  1. mesh, tokenizer and model (retriever params + the EMS heads the objectives need);
-  2. optimiser, the train state and its layout on the mesh;
-  3. the input pipeline, and a restore from `workdir/checkpoints` when one is there;
+  1. `validate` checks the whole config (files included) before anything is written; a workdir
+     that holds a run is compared with it (`check_resume`): a config that disagrees with the
+     saved one on anything but the keys a resume may change stops the run, naming the keys;
+  2. mesh, tokenizer and model (retriever params + the EMS heads the objectives need); a fresh
+     run writes its config and model files, a resumed one reads them;
+  3. optimiser, the train state and its layout on the mesh; the input pipeline; a restore of the
+     newest intact checkpoint (a damaged one is reported and skipped);
   4. the loop: one jitted step per batch, a finite-loss check, logs every `log_every` steps,
      a checkpoint every `checkpoint_every` steps and at the end, evaluation every `eval_every`
      steps (and at the end) when `config.eval.sets` is not empty, keeping the params of the
-     best one in `workdir/best` when `config.eval.select_best` names a metric.
+     best one in `workdir/best` when `config.eval.select_best` names a metric. A scheduler's
+     signal (`train.stop_signals`) ends the run after the current step with a checkpoint and
+     exit code PREEMPTED_EXIT_CODE, for the scheduler to requeue it.
 Every random draw comes from `config.seed`; a run killed and restarted in the same workdir
 continues from its last checkpoint and ends with the same params as an unbroken run.
 """
 import json
-import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Iterator, Mapping, Optional
 
@@ -21,11 +28,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lair import checkpoint as checkpoint_lib
+from lair import errors
+from lair import objectives
+from lair import sharding
+from lair import workdir as workdir_lib
+from lair.data import pipeline
+from lair.evaluate import evaluators
+from lair.evaluate import run as eval_run
+from lair.models import build
+from lair.models import ems
 from lair.models import retriever
-from lair.train import checkpoint as checkpoint_lib
-from lair.train import mesh as mesh_lib
 from lair.train import optim
 from lair.train import step as step_lib
+
+# Exit status of a run stopped by a scheduler's signal after saving a checkpoint: EX_TEMPFAIL
+# ("try again later"), for SLURM / Kubernetes to requeue on (see launch/).
+PREEMPTED_EXIT_CODE = 75
+
+# Keys a resumed run may change: how long it runs, how it logs, saves and evaluates, how it is
+# laid out on devices. Anything else (model, loss, optimiser, data) changes what the saved state
+# means, so a resume that changes it is refused.
+RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.eval_every", "train.grad_cache_chunk",
+                  "train.stop_signals", "eval.", "mesh.", "model.dtype", "data.cache_dir",
+                  "data.strict")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -33,11 +60,72 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ------------------------------------------------------------------------------------------------
-# 1-2. Model, optimiser, train state.
+# 1. The config, checked before anything is written.
 # ------------------------------------------------------------------------------------------------
 
 
-def make_tokenizer(config, workdir: str):
+def validate(config) -> objectives.ObjectivePlan:
+  """The objective plan of `config`; ConfigError listing every key at fault otherwise."""
+  plan = objectives.plan_objectives(config)
+  problems = (build.config_errors(config.model) + pipeline.config_errors(config, plan)
+              + optim.config_errors(config.train) + sharding.config_errors(config.mesh)
+              + evaluators.config_errors(config.eval))
+  if (not config.model.hf_path and config.tokenizer.train_files
+      and int(config.tokenizer.vocab_size) <= 5):
+    problems.append(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: expected more "
+                    f"than the 5 special tokens")
+  if problems:
+    hint = build.HF_PATH_HINT if any("model.hf_path" in p for p in problems) else ""
+    raise errors.ConfigError("the config has problems:\n  " + "\n  ".join(problems), hint=hint)
+  if plan.z_is_monolingual():
+    print(f"warning: the language loss's z sentences are all {plan.z_languages or 'of one'} "
+          f"language(s) (config.loss.language_inputs={config.loss.language_inputs!r}, "
+          f"config.data.ir.language={config.data.ir.language!r}, "
+          f"config.data.mono.paths / config.data.mono.from_parallel): with z of a single "
+          f"language the term cannot remove language identity; give multilingual monolingual "
+          f"text (config.data.mono.from_parallel > 0 or config.data.mono.paths)", flush=True)
+  return plan
+
+
+def _flat(config, prefix: str = "") -> dict:
+  out = {}
+  for key, value in config.items():
+    if hasattr(value, "items") and not isinstance(value, (list, tuple)):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value.to_dict() if hasattr(value, "to_dict") else value
+  return out
+
+
+def _comparable(value):
+  return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def check_resume(run: workdir_lib.Workdir, config) -> list[str]:
+  """The keys on which `config` differs from the run saved in `run` (all resumable), or raises.
+
+  A key outside RESUMABLE_KEYS that differs is a ConfigError naming each such key with both
+  values; nothing in the workdir is touched.
+  """
+  saved, wanted = _flat(run.read_config()), _flat(config)
+  changed = sorted(k for k in set(saved) | set(wanted)
+                   if _comparable(saved.get(k)) != _comparable(wanted.get(k)))
+  refused = [k for k in changed if not k.startswith(RESUMABLE_KEYS)]
+  if refused:
+    listed = "; ".join(f"{k}: saved {saved.get(k)!r}, now {wanted.get(k)!r}" for k in refused)
+    raise errors.ConfigError(
+        f"{run.root} holds a run with another config ({listed}). Nothing was changed.",
+        hint="resume with the run's own values (its config.json), or start a new run with "
+             "another --workdir")
+  return changed
+
+
+# ------------------------------------------------------------------------------------------------
+# 2-3. Model, optimiser, train state.
+# ------------------------------------------------------------------------------------------------
+
+
+def make_tokenizer(config, run: workdir_lib.Workdir):
   """The tokenizer to build the model with, or None.
 
   None with model.hf_path (build_from_config loads the model's own); else the one this workdir
@@ -46,26 +134,25 @@ def make_tokenizer(config, workdir: str):
   """
   if config.model.hf_path:
     return None
-  saved = os.path.join(workdir, "tokenizer")
-  if os.path.isdir(saved):
-    import transformers  # pylint: disable=g-import-not-at-top
-    return transformers.AutoTokenizer.from_pretrained(saved)
+  if run.is_run():
+    return run.read_model()[1]
   if config.tokenizer.train_files:
-    from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
     return tokenizer_lib.train_tokenizer(list(config.tokenizer.train_files),
                                          config.tokenizer.vocab_size)
   return None
 
 
-def init_train_state(config, rcfg, retriever_params, *, vocab_size: int):
+def init_train_state(config, plan: objectives.ObjectivePlan, rcfg, retriever_params, *,
+                     vocab_size: int):
   """(state, optimizer, schedule) at step 0.
 
   state: {"step": 0, "params": {"retriever", "objectives"}, "opt_state", "rng": the dropout
   key}; the retriever was initialised from PRNGKey(seed), the EMS heads from fold_in(.., 1).
   """
   rng = jax.random.PRNGKey(config.seed)
-  objective_params = step_lib.init_objective_params(
-      config.loss, jax.random.fold_in(rng, 1), embedding_dim=rcfg.embedding_dim,
+  objective_params = ems.init_heads(
+      plan.weights, config.loss, jax.random.fold_in(rng, 1), embedding_dim=rcfg.embedding_dim,
       num_languages=len(config.data.languages), vocab_size=vocab_size)
   params = {"retriever": retriever_params, "objectives": objective_params}
   trainable = {"retriever": retriever.trainable_mask(retriever_params,
@@ -77,26 +164,30 @@ def init_train_state(config, rcfg, retriever_params, *, vocab_size: int):
   return state, optimizer, schedule
 
 
+def summarize_params(params: Any) -> str:
+  """"1,234 params": the size of a params tree, for the start-up log."""
+  return f"{sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)):,} params"
+
+
 # ------------------------------------------------------------------------------------------------
-# Logging: stdout with a progress bar, workdir/metrics.jsonl, TensorBoard.
+# Logging: stdout, workdir/metrics.jsonl, TensorBoard.
 # ------------------------------------------------------------------------------------------------
 
 
 class MetricWriter:
   """Writes scalars to stdout, metrics.jsonl and TensorBoard (process 0 only)."""
 
-  def __init__(self, workdir: str, total_steps: int, *, resumed_step: int = 0):
+  def __init__(self, run: workdir_lib.Workdir, total_steps: int, *, resumed_step: int = 0):
     self.total_steps = total_steps
     self.active = jax.process_index() == 0
     self.jsonl = self.tensorboard = None
     if self.active:
-      path = os.path.join(workdir, "metrics.jsonl")
-      drop_rows_after(path, resumed_step)
-      self.jsonl = open(path, "a", encoding="utf-8")
+      run.keep_metrics_up_to(resumed_step)
+      self.jsonl = open(run.metrics_jsonl, "a", encoding="utf-8")
       try:
         import tensorboardX  # pylint: disable=g-import-not-at-top
         # purge_step: TensorBoard hides the events a killed run wrote after its checkpoint.
-        self.tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+        self.tensorboard = tensorboardX.SummaryWriter(run.tensorboard_dir,
                                                       purge_step=resumed_step or None)
       except ImportError:
         print("tensorboardX is not installed: no TensorBoard events", file=sys.stderr)
@@ -126,16 +217,6 @@ class MetricWriter:
       self.tensorboard.close()
 
 
-def drop_rows_after(path: str, step: int) -> None:
-  """Keeps the metrics.jsonl rows up to `step`: a resumed run logs the steps after it again."""
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(rows)
-
-
 def batch_counts(batch: Mapping) -> tuple[int, int]:
   """(examples, tokens) of this host's batch: rows of every stream and real tokens in them."""
   examples = tokens = 0
@@ -159,23 +240,25 @@ def check_finite(step: int, metrics: Mapping, data_state: Mapping, last_checkpoi
       f"{json.dumps(data_state, sort_keys=True)}; terms: {terms}. The run stopped; {kept}.")
 
 
+# ------------------------------------------------------------------------------------------------
+# Evaluation and the best params.
+# ------------------------------------------------------------------------------------------------
+
+
 def keep_if_best(config, results: Mapping[str, float], state, step: int,
-                 best: checkpoint_lib.Checkpoints, workdir: str) -> None:
-  """Saves the params as workdir/best/ when config.eval.select_best improved (higher wins).
+                 best: Optional[checkpoint_lib.Checkpoints],
+                 run: workdir_lib.Workdir) -> None:
+  """Saves the params in workdir/best/ when config.eval.select_best improved (higher wins).
 
   Every lair metric (mAP, MRR, recall, nDCG, accuracy) is better when higher.
   """
   key = config.eval.select_best
-  if not key or not results:
+  if not key or not results or best is None:
     return
   if key not in results:
-    raise KeyError(f"config.eval.select_best={key!r} is not a metric of the evaluation; "
-                   f"it has: {sorted(results)}")
-  path = os.path.join(workdir, "best.json")
-  previous = None
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      previous = json.load(f)
+    raise errors.ConfigError(f"config.eval.select_best={key!r} is not a metric of the "
+                             f"evaluation; it has: {sorted(results)}")
+  previous = run.read_best()
   if previous is not None and previous["metric"] == key and results[key] <= previous["value"]:
     return
   # A run killed after this save but before best.json was written comes back here with the same
@@ -184,22 +267,12 @@ def keep_if_best(config, results: Mapping[str, float], state, step: int,
     best.save_params(step, state["params"])
     best.wait()
   if jax.process_index() == 0:
-    with open(path, "w", encoding="utf-8") as f:
-      json.dump({"step": step, "metric": key, "value": float(results[key])}, f)
+    run.write_best(step, key, results[key])
     print(f"best {key} so far: {results[key]:.4f} at step {step} (saved in {best.directory})",
           flush=True)
 
 
-def maybe_evaluate(config, state, rcfg, tokenizer, workdir: str, step: int) -> dict:
-  """Runs config.eval.sets (if any) on the current params; {} when there is nothing to run."""
-  if not config.eval.sets:
-    return {}
-  from lair.evaluate import run as eval_run  # pylint: disable=g-import-not-at-top
-  return eval_run.run_evaluations(config, state["params"]["retriever"], rcfg, tokenizer,
-                                  workdir=workdir, step=step)
-
-
-def final_evaluation_pending(config, workdir: str, first: int, total: int) -> bool:
+def final_evaluation_pending(config, run: workdir_lib.Workdir, first: int, total: int) -> bool:
   """Whether the end-of-run evaluation is still to do.
 
   Always after training steps; else (a restart of a run whose final checkpoint was saved)
@@ -210,13 +283,57 @@ def final_evaluation_pending(config, workdir: str, first: int, total: int) -> bo
     return True
   if not config.eval.sets:
     return False
-  from lair.evaluate import run as eval_run  # pylint: disable=g-import-not-at-top
-  missing = not os.path.exists(eval_run.results_path(workdir, total))
-  if jax.process_count() > 1:
-    # The evaluation runs on every process, and process 0 writes the file: all follow its view.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    missing = bool(multihost_utils.broadcast_one_to_all(np.asarray(missing)))
-  return missing
+  # The evaluation runs on every process, and process 0 writes the file: all follow its view.
+  return bool(sharding.broadcast_from_zero(run.read_eval(total) is None))
+
+
+# ------------------------------------------------------------------------------------------------
+# Stopping on a scheduler's signal.
+# ------------------------------------------------------------------------------------------------
+
+
+class StopSignals:
+  """Turns the signals of `train.stop_signals` into a request to stop after the current step.
+
+  The first signal is recorded (the loop saves a checkpoint and exits with PREEMPTED_EXIT_CODE);
+  a second one while that happens is reported and ignored, so the save is not cut short; a third
+  ends the process as the signal would (the checkpoint on disk stays intact: orbax writes each
+  one to a temporary folder first).
+  """
+
+  def __init__(self, names):
+    self.signals = [getattr(signal, n) for n in names]
+    self.received: Optional[int] = None
+    self._count = 0
+    self._previous = {}
+
+  def __enter__(self) -> "StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    self._count += 1
+    name = signal.Signals(signum).name
+    if self._count == 1:
+      self.received = signum
+      print(f"received {name}: stopping after this step with a checkpoint", flush=True)
+    elif self._count == 2:
+      print(f"received {name} again: still saving the checkpoint (a third signal ends the "
+            f"process at once)", flush=True)
+    else:
+      signal.signal(signum, signal.SIG_DFL)
+      signal.raise_signal(signum)
+
+  def requested(self) -> bool:
+    """Whether any process received a stop signal (a collective on several processes)."""
+    return sharding.any_process(self.received is not None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,144 +352,153 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
 
   Returns:
     {"state": the final train state, "rcfg": ..., "tokenizer": ..., "metrics": last scalars}.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  mesh = mesh_lib.make_mesh(config.mesh.data)
 
+  Raises:
+    SystemExit(PREEMPTED_EXIT_CODE) after saving a checkpoint, on a stop signal.
+  """
+  # 1. Nothing is written before the config is known to be good and to fit the saved run.
+  plan = validate(config)
+  run = workdir_lib.Workdir(workdir)
+  resumed_run = run.is_run()
+  changed_keys = check_resume(run, config) if resumed_run else []
+  mesh = sharding.make_mesh(config.mesh.data)
+
+  # 2. The model. A fresh run's process 0 writes the config and model files (the tokenizer it
+  # trained) before the other processes build theirs from them.
   def build_model():
-    tokenizer = make_tokenizer(config, workdir)
-    rcfg, retriever_params, tokenizer = retriever.build_from_config(
+    tokenizer = make_tokenizer(config, run)
+    rcfg, retriever_params, tokenizer = build.build_from_config(
         config.model, tokenizer=tokenizer, rng=jax.random.PRNGKey(config.seed))
-    checkpoint_lib.save_model_files(workdir, config, rcfg, tokenizer)
+    if not resumed_run and jax.process_index() == 0:
+      run.write_config(config)
+      run.write_model(rcfg, tokenizer)
     return rcfg, retriever_params, tokenizer
 
-  # Process 0 trains and saves the tokenizer; the others load that one (make_tokenizer).
-  rcfg, retriever_params, tokenizer = process_zero_first("lair: model files", build_model)
-
-  state, optimizer, schedule = init_train_state(config, rcfg, retriever_params,
+  rcfg, retriever_params, tokenizer = sharding.process_zero_first("lair: model files",
+                                                                  build_model)
+  state, optimizer, schedule = init_train_state(config, plan, rcfg, retriever_params,
                                                 vocab_size=rcfg.encoder.vocab_size)
-  shardings = mesh_lib.state_shardings(state, mesh, fsdp=config.mesh.fsdp,
+  shardings = sharding.state_shardings(state, mesh, fsdp=config.mesh.fsdp,
                                        min_size=config.mesh.fsdp_min_size)
   state = jax.device_put(state, shardings)
   print(f"model: {summarize_params(state['params'])} on a mesh of {dict(mesh.shape)} devices",
         flush=True)
 
+  # 3. Data, and the newest intact checkpoint.
   if batches is None:
-    from lair.data import pipeline  # pylint: disable=g-import-not-at-top
     # Process 0 writes the array_record caches; the others reuse them (two tfds builds of one
     # folder at once collide).
-    batches = process_zero_first("lair: data caches", lambda: pipeline.TrainBatches(
+    batches = sharding.process_zero_first("lair: data caches", lambda: pipeline.TrainBatches(
         config, tokenizer, seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), workdir=workdir))
+        process_count=jax.process_count(), cache_dir=run.data_dir, plan=plan))
     for name, stats in batches.stats.items():  # Skips are warned row by row; this is the total.
       capped = f", capped {stats['capped']}" if stats.get("capped") else ""
       print(f"data {name}: {stats['rows']} rows, skipped {stats['skipped'] or 'none'}{capped}",
             flush=True)
-  checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-  best = checkpoint_lib.Checkpoints(workdir, keep=1, folder="best")
-  last_checkpoint = checkpoints.latest_step()
-  if last_checkpoint is not None:
-    state, data_state = checkpoints.restore(last_checkpoint, state, shardings)
+  checkpoints = checkpoint_lib.Checkpoints(run.checkpoints_dir,
+                                           keep=config.train.keep_checkpoints, create=True)
+  best = (checkpoint_lib.Checkpoints(run.best_dir, keep=1, create=True)
+          if config.eval.select_best else None)
+  restored = checkpoints.restore_latest(state, shardings)
+  last_checkpoint = None
+  if restored is not None:
+    last_checkpoint, state, data_state = restored
     batches.set_state(data_state)
     print(f"resumed from {checkpoints.directory}/{last_checkpoint}", flush=True)
+  if changed_keys and jax.process_index() == 0:
+    run.write_config(config)  # Only resumable keys differ, and the state is restored.
+    print(f"resumed with changed {', '.join(changed_keys)}", flush=True)
 
   special_ids = tuple(getattr(tokenizer, "all_special_ids", ()) or ())
   loss_and_grads = step_lib.make_loss_and_grads(
-      config.loss, step_lib.make_embed_fn(rcfg, train=True), mesh, normalize=rcfg.normalize,
-      grad_cache_chunk=config.train.grad_cache_chunk, special_ids=special_ids)
+      plan, config.loss, step_lib.make_embed_fn(rcfg, train=True), mesh,
+      normalize=rcfg.normalize, grad_cache_chunk=config.train.grad_cache_chunk,
+      special_ids=special_ids)
   train_step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)
 
+  # 4. The loop.
   total = config.train.steps
   first = int(state["step"])
-  writer = MetricWriter(workdir, total, resumed_step=first)
+  writer = MetricWriter(run, total, resumed_step=first)
   compiled_shapes = set()
   pending = None  # (step, metrics, data position) whose loss is checked one step late.
   scalars = {}
   examples = tokens = 0
   tick = time.time()
+  stop = StopSignals(config.train.stop_signals)
+
+  def evaluate(step: int) -> None:
+    """config.eval.sets on the current params; best params first, eval/step_N.json last.
+
+    The results file marks the evaluation done (final_evaluation_pending), so it is written
+    after the best params and best.json: a kill in between repeats the evaluation on restart.
+    """
+    results = eval_run.run_evaluations(config, state["params"]["retriever"], rcfg, tokenizer,
+                                       workdir=None, step=step)
+    keep_if_best(config, results, state, step, best, run)
+    writer.write(step, results, echo=False)
+    if jax.process_index() == 0:
+      run.write_eval(step, results)
+
   try:
-    for step in range(first, total):
-      data_state = batches.get_state()
-      host_batch = next(batches)
-      signature = step_lib.shape_signature(host_batch)
-      if signature not in compiled_shapes:
-        compiled_shapes.add(signature)
-        print(f"compiling the train step for batch shapes #{len(compiled_shapes)}: "
-              f"{dict(signature)}", flush=True)
-      state, metrics = train_step(state, mesh_lib.put_batch(host_batch, mesh))
-      # Checking the previous step's loss here lets this step run while the host waits.
+    with stop:
+      for step in range(first, total):
+        data_state = batches.get_state()
+        host_batch = next(batches)
+        signature = step_lib.shape_signature(host_batch)
+        if signature not in compiled_shapes:
+          compiled_shapes.add(signature)
+          print(f"compiling the train step for batch shapes #{len(compiled_shapes)}: "
+                f"{dict(signature)}", flush=True)
+        state, metrics = train_step(state, sharding.put_batch(host_batch, mesh))
+        # Checking the previous step's loss here lets this step run while the host waits.
+        if pending is not None:
+          check_finite(*pending, last_checkpoint)
+        pending = (step, metrics, data_state)
+        n_examples, n_tokens = batch_counts(host_batch)
+        examples += n_examples * jax.process_count()
+        tokens += n_tokens * jax.process_count()
+
+        done = step + 1
+        stopping = stop.requested()
+        log_now = done % config.train.log_every == 0 or done == total
+        save_now = done % config.train.checkpoint_every == 0 or done == total or stopping
+        eval_now = (bool(config.train.eval_every) and done % config.train.eval_every == 0
+                    and not stopping)
+        if log_now or save_now or eval_now:
+          check_finite(*pending, last_checkpoint)
+          pending = None
+        if log_now:
+          elapsed = max(time.time() - tick, 1e-9)
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          scalars.update(examples_per_s=examples / elapsed, tokens_per_s=tokens / elapsed,
+                         compiles=len(compiled_shapes))
+          writer.write(done, scalars)
+          examples = tokens = 0
+          tick = time.time()
+        if save_now:
+          checkpoints.save(done, state, batches.get_state())
+          last_checkpoint = done
+        if stopping:
+          checkpoints.wait()
+          name = signal.Signals(stop.received).name if stop.received else "a peer's signal"
+          print(f"stopped by {name} at step {done}: checkpoint saved in "
+                f"{checkpoints.directory}/{done}; exiting with code {PREEMPTED_EXIT_CODE} "
+                f"(rerun the same command to resume)", flush=True)
+          raise SystemExit(PREEMPTED_EXIT_CODE)
+        if eval_now and done != total:
+          evaluate(done)
+          # Evaluation time is not training throughput: restart the clock and the counts.
+          examples = tokens = 0
+          tick = time.time()
       if pending is not None:
         check_finite(*pending, last_checkpoint)
-      pending = (step, metrics, data_state)
-      n_examples, n_tokens = batch_counts(host_batch)
-      examples += n_examples * jax.process_count()
-      tokens += n_tokens * jax.process_count()
-
-      done = step + 1
-      log_now = done % config.train.log_every == 0 or done == total
-      save_now = done % config.train.checkpoint_every == 0 or done == total
-      eval_now = bool(config.train.eval_every) and done % config.train.eval_every == 0
-      if log_now or save_now or eval_now:
-        check_finite(*pending, last_checkpoint)
-        pending = None
-      if log_now:
-        elapsed = max(time.time() - tick, 1e-9)
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        scalars.update(examples_per_s=examples / elapsed, tokens_per_s=tokens / elapsed,
-                       compiles=len(compiled_shapes))
-        writer.write(done, scalars)
-        examples = tokens = 0
-        tick = time.time()
-      if save_now:
-        checkpoints.save(done, state, batches.get_state())
-        last_checkpoint = done
-      if eval_now and done != total:
-        results = maybe_evaluate(config, state, rcfg, tokenizer, workdir, done)
-        writer.write(done, results, echo=False)
-        keep_if_best(config, results, state, done, best, workdir)
-        # Evaluation time is not training throughput: restart the clock and the counts at once.
-        examples = tokens = 0
-        tick = time.time()
-    if pending is not None:
-      check_finite(*pending, last_checkpoint)
-    if final_evaluation_pending(config, workdir, first, total):
-      results = maybe_evaluate(config, state, rcfg, tokenizer, workdir, total)
-      writer.write(total, results, echo=False)
-      keep_if_best(config, results, state, total, best, workdir)
+      if config.eval.sets and final_evaluation_pending(config, run, first, total):
+        evaluate(total)
   finally:
     checkpoints.wait()
     checkpoints.close()
-    best.close()
+    if best is not None:
+      best.close()
     writer.close()
   return {"state": state, "rcfg": rcfg, "tokenizer": tokenizer, "metrics": scalars}
-
-
-def process_zero_first(name: str, build):
-  """build() on process 0, then, after a barrier named `name`, on every other process.
-
-  For what process 0 writes to the shared workdir and the others then read (the tokenizer,
-  the data caches): built at once by every host, they would be raced.
-  """
-  if jax.process_count() == 1:
-    return build()
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  result = build() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices(name)
-  return result if jax.process_index() == 0 else build()
-
-
-def initialize_distributed() -> None:
-  """jax.distributed.initialize from LAIR_COORDINATOR / LAIR_NUM_PROCESSES / LAIR_PROCESS_ID."""
-  coordinator = os.environ.get("LAIR_COORDINATOR")
-  if coordinator:
-    # CPU hosts all-reduce over gloo (the default in jax 0.10; earlier ones had none, and a
-    # multi-process CPU step then fails to compile its collectives).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(os.environ["LAIR_NUM_PROCESSES"]),
-                               process_id=int(os.environ["LAIR_PROCESS_ID"]))
-
-
-def summarize_params(params: Any) -> str:
-  """"1,234 params": the size of a params tree, for the start-up log."""
-  return f"{sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)):,} params"

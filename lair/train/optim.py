@@ -57,3 +57,20 @@ def make_optimizer(train_cfg, trainable: Any) -> tuple[optax.GradientTransformat
   optimizer = optax.multi_transform(
       {"train": optax.chain(*steps), "frozen": optax.set_to_zero()}, labels)
   return optimizer, schedule
+
+
+def config_errors(train_cfg) -> list[str]:
+  """What is wrong with `config.train`'s optimiser and loop keys (one line per key)."""
+  errors = []
+  for key in ("steps", "warmup_steps", "grad_cache_chunk", "eval_every"):
+    if int(train_cfg[key]) < 0:
+      errors.append(f"config.train.{key}={train_cfg[key]}: expected an integer >= 0")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    if int(train_cfg[key]) <= 0:
+      errors.append(f"config.train.{key}={train_cfg[key]}: expected a positive integer")
+  for key in ("learning_rate", "weight_decay", "clip_norm"):
+    if float(train_cfg[key]) < 0:
+      errors.append(f"config.train.{key}={train_cfg[key]}: expected a number >= 0")
+  if train_cfg.decay not in DECAYS:
+    errors.append(f"config.train.decay={train_cfg.decay!r}: expected one of {DECAYS}")
+  return errors

@@ -1,9 +1,9 @@
-"""The train step: embed every stream, score the objectives across the mesh, one optimiser update.
+"""The train step: embed every input, score the objectives across the mesh, one optimiser update.
 
 Read top to bottom:
 
-1. `embedding_inputs` picks the texts the active objectives need (a term of weight 0 embeds
-   nothing): IR queries/passages/negatives, the two sides of parallel pairs, monolingual text.
+1. `embedding_inputs` picks from the batch the texts the objective plan (lair/objectives.py)
+   embeds: IR queries/passages/negatives, the two sides of parallel pairs, monolingual text.
 2. `embed_streams` embeds them under jit with every batch split along the `data` mesh axis; XLA
    (GSPMD) runs the encoder data parallel and all-gathers FSDP-sharded params where needed.
 3. `objective_terms` runs under `shard_map`: each device all-gathers the *candidates* (passages,
@@ -20,8 +20,8 @@ Read top to bottom:
 5. `make_train_step` adds clipping/AdamW (optim.py) and returns the jitted step.
 
 The embedding function is passed in (`embed_fn(params, ids [N, L], mask [N, L], tower, rng) ->
-[N, D]`, unnormalised); the step L2-normalises for the contrastive terms (when
-`normalize=True`), while the EMS terms take the raw pooled vectors as EMS does.
+[N, D]`, unnormalised). Every term but EMS's takes L2-normalised embeddings (when
+`model.normalize`); the EMS heads take the raw pooled vectors, as EMS does.
 """
 import dataclasses
 import functools
@@ -33,17 +33,13 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from lair import losses
+from lair import objectives
+from lair import sharding
+from lair.models import ems
 from lair.models import pooling
 from lair.models import retriever
-from lair.train import mesh as mesh_lib
 
-DATA = mesh_lib.DATA_AXIS
-
-# Which inputs a z of the language term may come from (config key loss.language_inputs).
-LANGUAGE_INPUTS = ("ir", "mono", "ir+mono")
-
-# A fixed id per embedded input, so each one's dropout rng stays the same whatever else is on.
-_INPUT_IDS = {"query": 0, "passage": 1, "negative": 2, "src": 3, "tgt": 4, "mono": 5}
+DATA = sharding.DATA_AXIS
 
 EmbedFn = Callable[..., jax.Array]  # (params, ids [N, L], mask [N, L], tower, rng) -> [N, D]
 
@@ -53,63 +49,24 @@ EmbedFn = Callable[..., jax.Array]  # (params, ids [N, L], mask [N, L], tower, r
 # ------------------------------------------------------------------------------------------------
 
 
-def language_sources(loss_cfg) -> tuple[str, ...]:
-  """Streams whose sentences are the z of the language term: ("ir",), ("mono",) or both."""
-  kind = loss_cfg.get("language_inputs", "ir+mono")
-  if kind not in LANGUAGE_INPUTS:
-    raise ValueError(f"config.loss.language_inputs={kind!r}: expected one of {LANGUAGE_INPUTS}")
-  return tuple(kind.split("+"))
-
-
-def needed_streams(loss_cfg) -> dict[str, str]:
-  """{stream: why} for the batch streams the active objectives read."""
-  terms = losses.active_terms(loss_cfg)
-  needed = {}
-  if "ir" in terms:
-    needed["ir"] = "loss.ir_weight"
-  for term in ("semantic", "xtr", "ems_contrastive", "language"):
-    if term in terms:
-      needed.setdefault("parallel", f"loss.{term}_weight")
-  if "language" in terms and "mono" in language_sources(loss_cfg):
-    needed.setdefault("mono", "loss.language_weight with loss.language_inputs containing 'mono'")
-  return needed
-
-
-def embedding_inputs(batch: Mapping, loss_cfg) -> dict[str, tuple[Any, Any, str]]:
-  """{input name: (ids [N, L], mask [N, L], tower)} for the texts the active terms need.
+def embedding_inputs(batch: Mapping, plan: objectives.ObjectivePlan
+                     ) -> dict[str, tuple[Any, Any, str]]:
+  """{input name: (ids [N, L], mask [N, L], tower)} for the inputs of the plan.
 
   Negatives [B, K, L] are flattened to [B*K, L] (row-major, so a device holding queries i..j
   holds their negatives too). Parallel sentences and monolingual text use the query tower.
   """
-  terms = losses.active_terms(loss_cfg)
-  needed = needed_streams(loss_cfg)
-  for stream, why in needed.items():
-    if stream not in batch:
-      raise ValueError(f"the batch has no {stream!r} stream, but {why} needs it "
-                       f"(streams present: {sorted(batch)})")
+  missing = [s for s in plan.streams if s not in batch]
+  if missing:
+    raise ValueError(f"the batch has no {missing} stream(s), which the objective plan needs "
+                     f"(streams present: {sorted(batch)})")
   inputs = {}
-  ir = batch.get("ir")
-  if "ir" in needed or (ir is not None and "language" in terms
-                        and "ir" in language_sources(loss_cfg)):
-    inputs["query"] = (ir["query_ids"], ir["query_mask"], "query")
-    inputs["passage"] = (ir["passage_ids"], ir["passage_mask"], "passage")
-    if "ir" in terms and "negative_ids" in ir:
-      ids, mask = ir["negative_ids"], ir["negative_mask"]
-      inputs["negative"] = (ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1]),
-                            "passage")
-  if "parallel" in needed:
-    par = batch["parallel"]
-    inputs["src"] = (par["src_ids"], par["src_mask"], "query")
-    inputs["tgt"] = (par["tgt_ids"], par["tgt_mask"], "query")
-  if "mono" in needed or ("mono" in batch and "language" in terms
-                          and "mono" in language_sources(loss_cfg)):
-    inputs["mono"] = (batch["mono"]["ids"], batch["mono"]["mask"], "query")
-  z_inputs = {"ir": "query", "mono": "mono"}
-  if "language" in terms and not any(z_inputs[s] in inputs for s in language_sources(loss_cfg)):
-    raise ValueError(
-        f"config.loss.language_inputs={loss_cfg.get('language_inputs', 'ir+mono')!r}: none of "
-        f"those streams is in the batch (present: {sorted(batch)}); the input pipeline reads "
-        f"'ir' only when loss.ir_weight > 0 and 'mono' only when data.mono.paths is set")
+  for name in plan.inputs:
+    spec = objectives.INPUTS[name]
+    ids, mask = batch[spec.stream][spec.ids], batch[spec.stream][spec.mask]
+    if name == "negative":
+      ids, mask = ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+    inputs[name] = (ids, mask, spec.tower)
   return inputs
 
 
@@ -120,7 +77,7 @@ def embedding_inputs(batch: Mapping, loss_cfg) -> dict[str, tuple[Any, Any, str]
 
 def input_rng(rng, name: str, chunk: int = 0):
   """The dropout rng of one input (and chunk); the same in GradCache's two passes."""
-  return jax.random.fold_in(jax.random.fold_in(rng, _INPUT_IDS[name]), chunk)
+  return jax.random.fold_in(jax.random.fold_in(rng, objectives.INPUT_IDS[name]), chunk)
 
 
 def embed_streams(embed_fn: EmbedFn, params, inputs: Mapping, rng) -> dict:
@@ -220,15 +177,18 @@ def _symmetric(one_direction, x, y):
                 + _global_mean(one_direction(y, _gather(x), positive_index=idx)))
 
 
-def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *, loss_cfg,
-                    normalize: bool, special_ids: Sequence[int]) -> dict:
+def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rng, *,
+                    plan: objectives.ObjectivePlan, loss_cfg, normalize: bool,
+                    special_ids: Sequence[int]) -> dict:
   """Every active term's global mean, on one device's rows (call under shard_map over `data`).
 
   Args:
     emb: {input name: [b_name, D]} this device's (unnormalised) embeddings.
     extras: this device's parallel token ids/masks and language ids (for XTR).
     objective_params: replicated {"xtr_head", "ems_projection"} as the active terms need.
-    loss_cfg: config.loss.
+    rng: the step's key (dropout in the XTR head; folded with the device index).
+    plan: the objective plan (lair/objectives.py).
+    loss_cfg: config.loss (temperatures, margins, forms).
     normalize: L2-normalise embeddings for the contrastive terms (config.model.normalize).
     special_ids: token ids XTR leaves out of its bags of tokens.
 
@@ -236,8 +196,7 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *,
     ir: query -> (all passages + all hard negatives) InfoNCE; with loss.ir_bidirectional the
       mean of that and passage -> all queries.
     semantic: mean of both directions, src -> all tgt and tgt -> all src.
-    language: z = the IR queries and passages and/or the monolingual sentences
-      (loss.language_inputs, whichever are in the batch) against all parallel pairs.
+    language: z (plan.language_z) against all parallel pairs.
     xtr: EMS token reconstruction per parallel pair (no candidates to gather).
     ems_contrastive: EMS's projected contrastive loss, mean of both directions.
 
@@ -245,11 +204,10 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *,
     {term: scalar} (unweighted), "loss" (the weighted total) and "ir_candidates" (how many
     candidates each query was scored against: the global B * (1 + K)).
   """
-  terms = losses.active_terms(loss_cfg)
   unit = {name: pooling.l2_normalize(x) if normalize else x for name, x in emb.items()}
   tau = loss_cfg.tau
   out = {}
-  if "ir" in terms:
+  if plan.has("ir"):
     q, p = unit["query"], unit["passage"]
     b, dim = q.shape
     idx = _positive_index(b)
@@ -264,47 +222,47 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, *,
           p, _gather(q), positive_index=idx, tau=tau, margin=loss_cfg.ir_margin)))
     candidates = p_all.shape[0] + (0 if n_all is None else n_all.shape[0] * n_all.shape[1])
     out["ir_candidates"] = jnp.float32(candidates)
-  if "semantic" in terms:
+  if plan.has("semantic"):
     out["semantic"] = _symmetric(functools.partial(losses.semantic_contrastive_loss, tau=tau),
                                  unit["src"], unit["tgt"])
-  if "language" in terms:
-    z_names = {"ir": ("query", "passage"), "mono": ("mono",)}
-    z = jnp.concatenate([unit[n] for source in language_sources(loss_cfg)
-                         for n in z_names[source] if n in unit], axis=0)
+  if plan.has("language"):
+    z = jnp.concatenate([unit[name] for name in plan.language_z], axis=0)
     out["language"] = _global_mean(losses.language_contrastive_loss(
         z, _gather(unit["src"]), _gather(unit["tgt"]), tau=tau, form=loss_cfg.language_form))
-  if "xtr" in terms:
-    out["xtr"] = _global_mean(losses.xtr_loss(
-        objective_params["xtr_head"], emb["src"], emb["tgt"], extras["src_ids"],
-        extras["src_mask"], extras["tgt_ids"], extras["tgt_mask"], extras["src_lang"],
-        extras["tgt_lang"], special_ids=special_ids))
-  if "ems_contrastive" in terms:
+  if plan.has("xtr"):
+    out["xtr"] = _global_mean(_xtr_rows(objective_params["xtr_head"], emb, extras, rng,
+                                        loss_cfg=loss_cfg, special_ids=special_ids))
+  if plan.has("ems_contrastive"):
+    project = ems.EmsProjection(loss_cfg.ems_projection_dim)
+    z_src, z_tgt = (project.apply({"params": objective_params["ems_projection"]}, emb[n])
+                    for n in ("src", "tgt"))
     out["ems_contrastive"] = _symmetric(
-        functools.partial(losses.ems_sentence_contrastive_loss,
-                          objective_params["ems_projection"], tau=loss_cfg.ems_tau),
-        emb["src"], emb["tgt"])
-  out["loss"] = sum(weight * out[name] for name, weight in terms.items())
+        functools.partial(losses.ems_sentence_contrastive_loss, tau=loss_cfg.ems_tau),
+        z_src, z_tgt)
+  out["loss"] = sum(weight * out[name] for name, weight in plan.weights.items())
   return out
 
 
-def init_objective_params(loss_cfg, rng, *, embedding_dim: int, num_languages: int,
-                          vocab_size: int) -> dict:
-  """Params of the EMS heads the active terms train ({} when none is on)."""
-  terms = losses.active_terms(loss_cfg)
-  xtr_rng, proj_rng = jax.random.split(rng)
-  params = {}
-  if "xtr" in terms:
-    params["xtr_head"] = losses.init_xtr_head(
-        xtr_rng, embedding_dim, num_languages, vocab_size, loss_cfg.ems_language_embedding_dim)
-  if "ems_contrastive" in terms:
-    params["ems_projection"] = losses.init_ems_projection(
-        proj_rng, embedding_dim, loss_cfg.ems_projection_dim)
-  return params
+def _xtr_rows(head_params, emb: Mapping, extras: Mapping, rng, *, loss_cfg,
+              special_ids: Sequence[int]):
+  """[b] EMS token reconstruction of this device's pairs, both ways (losses.xtr_loss)."""
+  vocab_size = head_params["decoder"]["kernel"].shape[1]
+  head = ems.xtr_head(loss_cfg, head_params["language_embedding"]["embedding"].shape[0],
+                      vocab_size)
+  rng = jax.random.fold_in(rng, jax.lax.axis_index(DATA))  # Each device's rows their own draw.
+  rng_xy, rng_yx = jax.random.split(rng)
+  apply = functools.partial(head.apply, {"params": head_params}, train=True)
+  log_p_y = apply(emb["src"], extras["tgt_lang"], rngs={"dropout": rng_xy})
+  log_p_x = apply(emb["tgt"], extras["src_lang"], rngs={"dropout": rng_yx})
+  bag = functools.partial(losses.bag_of_tokens, vocab_size=vocab_size, special_ids=special_ids,
+                          target=loss_cfg.get("xtr_target", "ems"))
+  return losses.xtr_loss(log_p_y, log_p_x, bag(extras["src_ids"], extras["src_mask"]),
+                         bag(extras["tgt_ids"], extras["tgt_mask"]))
 
 
-def _xtr_extras(batch: Mapping, loss_cfg) -> dict:
+def _xtr_extras(batch: Mapping, plan: objectives.ObjectivePlan) -> dict:
   """The per-row arrays XTR reads besides embeddings (token bags, languages)."""
-  if "xtr" not in losses.active_terms(loss_cfg):
+  if not plan.has("xtr"):
     return {}
   par = batch["parallel"]
   return {k: par[k] for k in ("src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_lang",
@@ -316,41 +274,45 @@ def _xtr_extras(batch: Mapping, loss_cfg) -> dict:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_loss_and_grads(loss_cfg, embed_fn: EmbedFn, mesh: Mesh, *, normalize: bool = True,
-                        grad_cache_chunk: int = 0, special_ids: Sequence[int] = ()):
+def make_loss_and_grads(plan: objectives.ObjectivePlan, loss_cfg, embed_fn: EmbedFn, mesh: Mesh,
+                        *, normalize: bool = True, grad_cache_chunk: int = 0,
+                        special_ids: Sequence[int] = ()):
   """fn(trainable, batch, rng) -> (metrics, grads), to be called under jit.
 
   `trainable` is {"retriever": params, "objectives": params}; `batch` holds global arrays split
-  along `data` (mesh.put_batch); metrics are the per-term means, "loss" and "ir_candidates".
+  along `data` (sharding.put_batch); metrics are the per-term means, "loss" and "ir_candidates".
   """
-  terms_fn = functools.partial(objective_terms, loss_cfg=loss_cfg, normalize=normalize,
-                               special_ids=tuple(special_ids))
-  sharded_terms = jax.shard_map(terms_fn, mesh=mesh, in_specs=(P(DATA), P(DATA), P()),
+  terms_fn = functools.partial(objective_terms, plan=plan, loss_cfg=loss_cfg,
+                               normalize=normalize, special_ids=tuple(special_ids))
+  sharded_terms = jax.shard_map(terms_fn, mesh=mesh, in_specs=(P(DATA), P(DATA), P(), P()),
                                 out_specs=P())
   axis_size = mesh.shape[DATA]
 
-  def loss_from_embeddings(emb, objective_params, extras):
-    metrics = sharded_terms(emb, extras, objective_params)
+  def loss_from_embeddings(emb, objective_params, extras, rng):
+    # The objectives' own dropout (the XTR head) draws from a key no embedded input uses.
+    terms_rng = jax.random.fold_in(rng, len(objectives.INPUT_IDS))
+    metrics = sharded_terms(emb, extras, objective_params, terms_rng)
     return metrics["loss"], metrics
 
   def plain(trainable, batch, rng):
-    inputs = embedding_inputs(batch, loss_cfg)
-    extras = _xtr_extras(batch, loss_cfg)
+    inputs = embedding_inputs(batch, plan)
+    extras = _xtr_extras(batch, plan)
 
     def total(trainable):
       emb = embed_streams(embed_fn, trainable["retriever"], inputs, rng)
-      return loss_from_embeddings(emb, trainable["objectives"], extras)
+      return loss_from_embeddings(emb, trainable["objectives"], extras, rng)
 
     (_, metrics), grads = jax.value_and_grad(total, has_aux=True)(trainable)
     return metrics, grads
 
   def grad_cache(trainable, batch, rng):
-    inputs = embedding_inputs(batch, loss_cfg)
-    extras = _xtr_extras(batch, loss_cfg)
+    inputs = embedding_inputs(batch, plan)
+    extras = _xtr_extras(batch, plan)
     chunks = _chunked(inputs, axis_size, grad_cache_chunk)
     emb = embed_chunked(embed_fn, trainable["retriever"], chunks, rng, axis_size)
     (_, metrics), (emb_grads, objective_grads) = jax.value_and_grad(
-        loss_from_embeddings, argnums=(0, 1), has_aux=True)(emb, trainable["objectives"], extras)
+        loss_from_embeddings, argnums=(0, 1), has_aux=True)(emb, trainable["objectives"], extras,
+                                                              rng)
     retriever_grads = backprop_chunked(embed_fn, trainable["retriever"], chunks, emb_grads, rng,
                                        axis_size, grad_cache_chunk)
     return metrics, {"retriever": retriever_grads, "objectives": objective_grads}
@@ -380,7 +342,7 @@ def make_train_step(loss_and_grads, optimizer: optax.GradientTransformation,
     new_state = dict(state, step=state["step"] + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
-  return jax.jit(step, out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
+  return jax.jit(step, out_shardings=(state_sharding, sharding.replicated(mesh)),
                  donate_argnums=0)
 
 
