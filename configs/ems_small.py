@@ -1,6 +1,6 @@
 """EMS (Mao et al. 2023) at small scale: a 4-layer x 256 BERT from scratch on parallel pairs only.
 
-Run 6 of docs/results.md (lair issue 5). `get_config(ARG)`:
+EMS at small scale (docs/results.md). `get_config(ARG)`:
 
     xtr_cl   cross-lingual token reconstruction (XTR) + EMS's sentence contrastive loss
     cl       the sentence contrastive loss only
@@ -18,9 +18,9 @@ import pathlib
 
 from lair import configs
 
-# The data locations, language lists and Tatoeba paths are the e5 ablation's (one place).
+# The data locations, language lists and Tatoeba paths are the e5 recipe's (one place).
 E5_ABLATION = configs.import_config_file(
-    str(pathlib.Path(__file__).with_name("xquadr_e5.py")))
+    str(pathlib.Path(__file__).with_name("e5_language_agnostic.py")))
 SHARED = E5_ABLATION.SHARED
 PARALLEL_LANGUAGES = E5_ABLATION.PARALLEL_LANGUAGES
 

@@ -86,7 +86,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.semantic_weight = 0.0
   c.loss.language_weight = 0.0
   c.loss.language_form = "uniform_ce"  # "uniform_ce" | "squared_gap"
-  c.loss.language_inputs = "ir+mono"  # The z sentences: "ir" (queries, passages) | "mono" | both.
+  # The z sentences (non-parallel text whose similarity to both sides of a pair must be equal):
+  # "ir" (the IR queries and passages) | "mono" (data.mono) | "ir+mono". z should hold several
+  # languages: with z of one language the term cannot remove language identity (a warning).
+  c.loss.language_inputs = "ir+mono"
+  c.loss.language_tau = 0.0  # The language term's own temperature (0: loss.tau).
+  # True: stop the gradient through the parallel pair (x, y), so the term moves z only.
+  c.loss.language_stop_pairs = False
   c.loss.xtr_weight = 0.0  # EMS cross-lingual token reconstruction.
   c.loss.ems_contrastive_weight = 0.0  # EMS sentence contrastive on a 128-d projection.
   # XTR's target: "ems" (1/n for each token type of an n-token sentence, as EMS's code) |

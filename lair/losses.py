@@ -136,10 +136,12 @@ def language_contrastive_loss(z, x, y, *, tau: float, form: str = "uniform_ce"):
   """Language contrastive loss (Hu et al. 2023): no sentence should look closer to one language.
 
   For each non-parallel sentence z and each parallel pair (x_j, y_j), z should be equally similar
-  to both sides of the pair, so that similarity carries no language identity.
+  to both sides of the pair, so that similarity carries no language identity. z must be
+  *multilingual* non-parallel text: with z of one language, most of what the term penalises is
+  pair-specific noise rather than language identity (`language_gap_split` measures both).
 
-  The paper's equation could not be checked; this is our reading of it. With
-  `a_j = s(z, x_j) / tau` and `b_j = s(z, y_j) / tau`:
+  Our reading of the paper's equation (the paper's text could not be checked from here; this is
+  the one place that says so). With `a_j = s(z, x_j) / tau` and `b_j = s(z, y_j) / tau`:
 
     form="uniform_ce": `-(1/2) [log softmax(a_j, b_j)_a + log softmax(a_j, b_j)_b]`, i.e. the
       cross-entropy of the two-way softmax against the uniform target (1/2, 1/2); equal to
@@ -147,7 +149,9 @@ def language_contrastive_loss(z, x, y, *, tau: float, form: str = "uniform_ce"):
       when `a_j == b_j`.
     form="squared_gap": `(s(z, x_j) - s(z, y_j))^2` (no tau), minimal (= 0) at the same place.
 
-  Both are averaged over the J pairs.
+  Both are averaged over the J pairs. The step adds what a careful reproduction needs: the
+  term's own temperature (`loss.language_tau`), its weight (`loss.language_weight`), and an
+  optional stop-gradient through the pair (`loss.language_stop_pairs`: only z moves).
 
   Args:
     z: [m, D] embeddings of the non-parallel sentences this caller holds.
@@ -171,6 +175,40 @@ def language_contrastive_loss(z, x, y, *, tau: float, form: str = "uniform_ce"):
   else:
     raise ValueError(f"loss.language_form={form!r}: expected one of {LANGUAGE_FORMS}")
   return jnp.mean(per_pair, axis=1)
+
+
+def language_gap_sums(z, x, y, z_lang, x_lang, y_lang, num_languages: int):
+  """Per-cell sums of the language loss's gap `g = s(z, x_j) - s(z, y_j)`, for diagnostics.
+
+  A cell is (z's language, x's language, y's language). What is the same for every entry of a
+  cell (its mean gap) is language identity; what varies inside it is pair-specific noise.
+  `language_identity_and_noise` turns the sums (added over devices) into the two numbers.
+
+  Args:
+    z: [m, D], x, y: [J, D] unit embeddings (as the loss sees them).
+    z_lang: [m] int language ids (-1: unknown, its own cell); x_lang, y_lang: [J] int.
+    num_languages: L, the number of language ids.
+
+  Returns:
+    (count, sum of g, sum of g^2), each [(L + 1)^3] float32.
+  """
+  gap = _similarities(z, x) - _similarities(z, y)  # [m, J]
+  size = num_languages + 1
+  z_id, x_id, y_id = (jnp.where(l < 0, num_languages, l) for l in (z_lang, x_lang, y_lang))
+  cell = (z_id[:, None] * size + x_id[None, :]) * size + y_id[None, :]  # [m, J]
+  seg = lambda v: jax.ops.segment_sum(v.reshape(-1), cell.reshape(-1), num_segments=size ** 3)
+  return seg(jnp.ones_like(gap)), seg(gap), seg(jnp.square(gap))
+
+
+def language_identity_and_noise(count, total, squares):
+  """(identity, noise) from `language_gap_sums`: mean(g^2) = identity + noise.
+
+  identity: sum over cells of n_c * mean_c(g)^2 / N, the part of the squared gap that the
+    languages involved explain; noise: the squared gap's variance inside cells.
+  """
+  n = jnp.maximum(jnp.sum(count), 1.)
+  identity = jnp.sum(jnp.where(count > 0, jnp.square(total) / jnp.maximum(count, 1.), 0.)) / n
+  return identity, jnp.sum(squares) / n - identity
 
 
 # ------------------------------------------------------------------------------------------------

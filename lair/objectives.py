@@ -69,12 +69,17 @@ class ObjectivePlan:
     streams: the batch streams the pipeline reads: exactly those of `inputs`.
     language_z: the inputs whose embeddings are the language term's z (() when it is off).
     z_languages: the languages z is known to hold (ISO codes, sorted); see `z_is_monolingual`.
+    ir_language_id: index of data.ir.language in data.languages (-1: unknown or mixed), the
+      language of z sentences taken from the IR stream, for the identity/noise diagnostics.
+    num_languages: len(data.languages).
   """
   weights: Mapping[str, float]
   inputs: tuple[str, ...]
   streams: tuple[str, ...]
   language_z: tuple[str, ...]
   z_languages: tuple[str, ...]
+  ir_language_id: int = -1
+  num_languages: int = 1
 
   def has(self, term: str) -> bool:
     return term in self.weights
@@ -147,5 +152,9 @@ def plan_objectives(config) -> ObjectivePlan:
     inputs |= set(language_z)
   ordered = tuple(name for name in INPUTS if name in inputs)
   streams = tuple(s for s in STREAMS if any(INPUTS[n].stream == s for n in ordered))
+  languages = list(data.languages)
+  ir_language = data.ir.get("language", "")
   return ObjectivePlan(weights=weights, inputs=ordered, streams=streams, language_z=language_z,
-                       z_languages=tuple(sorted(z_languages)))
+                       z_languages=tuple(sorted(z_languages)),
+                       ir_language_id=languages.index(ir_language) if ir_language in languages
+                       else -1, num_languages=max(len(languages), 1))

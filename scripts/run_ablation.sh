@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Re-runs the whole ablation table of docs/results.md (lair issue 5), one run at a time.
+# Re-runs the ablation of docs/results.md, one run at a time, resumable.
 #
 #   bash scripts/run_ablation.sh [--config.KEY=VALUE ...]      # e.g. --config.train.steps=10
 #
 # Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS
-# (default "0 1") are the seeds of runs 2-4; PYTHON (default python3); E5 the multilingual-e5-small
-# directory for run 1 (default ~/.cache/lair/multilingual-e5-small; the configs read the same
-# path); LAIR_SHARED_DATA the data folder (default ../shared/data). Extra --config.* flags go to
-# every run.
+# (default "0 1"); PYTHON (default python3); E5 the multilingual-e5-small folder (default
+# ~/.cache/lair/multilingual-e5-small; written by ../shared/tools/e5_small_checkpoint.py);
+# LAIR_SHARED_DATA the data folder (default ../shared/data). Extra --config.* flags go to every
+# training run.
 #
 # Resumable: a run that finished (WORKDIR/DONE, written when its command exits 0) is skipped, and
 # an unfinished training run resumes from the last checkpoint in its workdir (lair.train does
-# that). Each run's wall time, summed over attempts (failed ones too), is kept in
-# WORKDIR/wall_seconds and its log in WORKDIR/log.txt.
-# The order is the priority order: run 1; runs 2-4 seed 0; run 5; runs 2-4 other seeds; run 6;
-# then the extras (run 4 with monolingual z, run 5 with the other seeds).
-# Then scripts/plot_results.py writes the tables (RUNS/results.md) and docs/results_map20.png.
+# that). Each run's wall time, summed over attempts, is kept in WORKDIR/wall_seconds and its log
+# in WORKDIR/log.txt.
+# Order (priority): the backbone; every variant with the first seed; every variant with the
+# other seeds; then Tatoeba over all 112 languages for the backbone and the recipe.
+# Then scripts/plot_results.py writes RUNS/results.md and the pictures in docs/.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -25,8 +25,9 @@ SEEDS="${SEEDS:-0 1}"
 PYTHON="${PYTHON:-python3}"
 E5="${E5:-$HOME/.cache/lair/multilingual-e5-small}"
 SHARED="${LAIR_SHARED_DATA:-$root/../shared/data}"
-export LAIR_MONO_DIR="$RUNS/mono"  # configs/xquadr_e5.py:ir_sem_lang_mono reads it.
-common=(--config.data.cache_dir="$RUNS/cache" "$@")
+CONFIG=configs/e5_language_agnostic.py
+VARIANTS="ir_sem lang_0.3_sg lang_0.3 ir lang_0.1_sg lang_1_sg lang_0.1 lang_1 lowres"
+common=(--config.data.cache_dir="$RUNS/cache" --config.model.hf_path="$E5" "$@")
 mkdir -p "$RUNS"
 
 # run NAME COMMAND...: runs COMMAND unless RUNS/NAME/DONE exists; logs and times it.
@@ -52,65 +53,40 @@ run() {
   echo "lair ablation: $name finished in ${spent} s"
 }
 
-# train NAME CONFIG[:ARG] [overrides...]
+# train NAME VARIANT SEED
 train() {
-  local name="$1" config="$2"; shift 2
-  run "$name" "$PYTHON" -m lair.train --config="$config" --workdir="$RUNS/$name" \
-      "${common[@]}" "$@"
+  run "$1" "$PYTHON" -m lair.train --config="$CONFIG:$2" --workdir="$RUNS/$1" \
+      --config.seed="$3" "${common[@]}"
 }
 
-# LAIR_MONO_DIR/xxx.txt: 1,000 sentences of each language, evenly spaced rows of one column of
-# the parallel TSVs (eng: 100 from each file), for the language loss's monolingual z.
-make_mono() {
-  [[ -d "$LAIR_MONO_DIR" ]] && return
-  "$PYTHON" - "$SHARED/parallel" "$LAIR_MONO_DIR" <<'PY'
-import csv, glob, os, sys
-import numpy as np
-src, out = sys.argv[1], sys.argv[2]
-tmp = out + ".tmp"
-os.makedirs(tmp, exist_ok=True)
-english = []
-for path in sorted(glob.glob(os.path.join(src, "en-*.tsv"))):
-  with open(path, encoding="utf-8") as f:
-    header, *rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-  rows = [r for r in rows if len(r) == 3 and r[1].strip() and r[2].strip()]
-  pick = lambda n: [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, n).astype(int))]
-  with open(os.path.join(tmp, f"{header[2]}.txt"), "w", encoding="utf-8") as f:
-    f.writelines(r[2].strip() + "\n" for r in pick(1000))
-  english += [r[1].strip() + "\n" for r in pick(100)]
-with open(os.path.join(tmp, "eng.txt"), "w", encoding="utf-8") as f:
-  f.writelines(english)
-os.rename(tmp, out)
+# The Tatoeba set of all 112 languages (both directions), as a --config.eval.sets value.
+tatoeba_all() {
+  "$PYTHON" - "$SHARED/tatoeba" <<'PY'
+import glob, os, re, sys
+specs = sorted(p[:-4] for p in glob.glob(os.path.join(sys.argv[1], "tatoeba.*-eng.eng")))
+print(repr([{"name": "tatoeba", "kind": "tatoeba", "paths": specs}]))
 PY
 }
 
+run backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config="$CONFIG" \
+    --workdir="$RUNS/backbone"
 first_seed="${SEEDS%% *}"
-run e5_backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config=configs/xquadr_e5.py:backbone \
-    --workdir="$RUNS/e5_backbone" "${common[@]}"
-for seed in $first_seed; do
-  for variant in ir ir_sem ir_sem_lang; do
-    train "e5_${variant}_s${seed}" "configs/xquadr_e5.py:${variant}" --config.seed="$seed"
-  done
-  train "e5_lowres_s${seed}" configs/xquadr_e5.py:lowres --config.seed="$seed"
-done
 for seed in $SEEDS; do
-  [[ "$seed" == "$first_seed" ]] && continue
-  for variant in ir ir_sem ir_sem_lang; do
-    train "e5_${variant}_s${seed}" "configs/xquadr_e5.py:${variant}" --config.seed="$seed"
+  for variant in $VARIANTS; do
+    train "${variant}_s${seed}" "$variant" "$seed"
   done
 done
-train ems_xtr_cl configs/ems_small.py:xtr_cl
-train ems_cl configs/ems_small.py:cl
 
-# Extras: is run 4's language loss better with multilingual z? Run 5 with more seeds.
-make_mono
-for seed in $SEEDS; do
-  train "e5_ir_sem_lang_mono_s${seed}" configs/xquadr_e5.py:ir_sem_lang_mono --config.seed="$seed"
-done
-for seed in $SEEDS; do
-  train "e5_lowres_s${seed}" configs/xquadr_e5.py:lowres --config.seed="$seed"
-done
+# Tatoeba, all 112 languages: the recipe (first seed) against the backbone.
+recipe="$("$PYTHON" -c "import sys; sys.path.insert(0, 'configs'); import e5_language_agnostic as c; print(c.RECIPE)")"
+sets="$(tatoeba_all)"
+run tatoeba_backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config="$CONFIG" \
+    --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_backbone"
+# The recipe run through its export (what a user serves), evaluated like any HF folder.
+run recipe_export "$PYTHON" -m lair.export --workdir="$RUNS/${recipe}_s${first_seed}" \
+    --out="$RUNS/recipe_export/hf" --overwrite
+run tatoeba_recipe "$PYTHON" -m lair.evaluate --hf="$RUNS/recipe_export/hf" --config="$CONFIG" \
+    --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_recipe"
 
-"$PYTHON" scripts/plot_results.py --runs="$RUNS" --png=docs/results_map20.png \
-    > "$RUNS/results.md"
-echo "lair ablation: tables in $RUNS/results.md, plot in docs/results_map20.png"
+"$PYTHON" scripts/plot_results.py --runs="$RUNS" --out=docs > "$RUNS/results.md"
+echo "lair ablation: tables in $RUNS/results.md, pictures in docs/"

@@ -36,6 +36,9 @@ OBJECTIVES = {
     "ir": dict(ir_weight=1.0, ir_margin=0.1, ir_bidirectional=True),
     "semantic": dict(ir_weight=0.0, semantic_weight=1.0),
     "language": dict(ir_weight=0.0, language_weight=1.0, language_inputs="ir+mono"),
+    # The pair behind stop_gradient (only z moves) and the term's own temperature.
+    "language_stop_pairs": dict(ir_weight=0.0, language_weight=1.0, language_inputs="ir+mono",
+                                language_stop_pairs=True, language_tau=0.1),
     "xtr": dict(ir_weight=0.0, xtr_weight=1.0),
     "ems_contrastive": dict(ir_weight=0.0, ems_contrastive_weight=1.0),
     "all": dict(ir_weight=1.0, semantic_weight=0.5, language_weight=0.3, xtr_weight=0.2,
@@ -123,8 +126,11 @@ def reference_loss(trainable, batch, rng, *, rcfg, lcfg, normalize=True):
   terms["semantic"] = losses.symmetric_semantic_contrastive_loss(unit(x), unit(y), tau=tau)
   sources = {"ir": [q, p], "mono": [z_mono], "ir+mono": [q, p, z_mono]}[lcfg.language_inputs]
   z = jnp.concatenate([unit(s) for s in sources])
+  pair_x, pair_y = unit(x), unit(y)
+  if lcfg.language_stop_pairs:
+    pair_x, pair_y = jax.lax.stop_gradient(pair_x), jax.lax.stop_gradient(pair_y)
   terms["language"] = jnp.mean(losses.language_contrastive_loss(
-      z, unit(x), unit(y), tau=tau, form=lcfg.language_form))
+      z, pair_x, pair_y, tau=lcfg.language_tau or tau, form=lcfg.language_form))
   if "xtr_head" in heads:
     head = ems.xtr_head(lcfg, LANGUAGES, VOCAB)
     log_p = lambda u, lang: head.apply({"params": heads["xtr_head"]}, u, lang)

@@ -260,7 +260,7 @@ def _inputs_the_loss_reads(plan, config, batch) -> set:
          for name, (ids, _, _) in step_lib.embedding_inputs(batch, plan).items()}
   heads = ems.init_heads(plan.weights, config.loss, jax.random.key(0), embedding_dim=8,
                          num_languages=len(LANGS), vocab_size=256)
-  extras = jax.tree.map(lambda x: x[None], step_lib._xtr_extras(batch, plan))  # pylint: disable=protected-access
+  extras = jax.tree.map(lambda x: x[None], step_lib._extras(batch, plan))  # pylint: disable=protected-access
   terms = functools.partial(step_lib.objective_terms, plan=plan, loss_cfg=config.loss,
                             normalize=True, special_ids=())
   loss = jax.vmap(lambda e, x: terms(e, x, heads, jax.random.key(1))["loss"], axis_name="data")

@@ -23,8 +23,10 @@ it lives. Builds are cached under `cache_dir/<stream>-<key>/`, where the key has
 the input files' paths, sizes and mtimes, the options that change the rows, and
 `FORMAT_VERSION`; the same inputs reuse the files (and the counts saved beside them).
 """
+import collections
 import dataclasses
 import hashlib
+import math
 import json
 import os
 from typing import Callable, Iterable, Iterator
@@ -37,7 +39,7 @@ import tensorflow_datasets as tfds
 from lair.data import readers
 
 # Bump when the readers or the features change what a build writes.
-FORMAT_VERSION = 2  # 2: BEIR stats count the pairs written, not every line read.
+FORMAT_VERSION = 3  # 3: undecodable lines are skipped; parallel rows may be held out for mono.
 _STATS_FILE = "lair_stats.json"
 
 
@@ -143,6 +145,8 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
     stats["rows"] = written[0]  # Per-file counts are rows read; a reader may read more.
     if log.capped:  # Rows read but left out on purpose, counted and logged by the cap.
       stats["capped"] = log.capped
+    if log.held_out:  # Rows read but kept for the monolingual stream (data.mono.from_parallel).
+      stats["held_out"] = log.held_out
     with open(stats_path + ".tmp", "w") as f:
       json.dump(stats, f, indent=1)
     os.replace(stats_path + ".tmp", stats_path)
@@ -266,42 +270,107 @@ def _cap_per_language(rows: Iterable[dict], cap: int,
     yield from pair_rows
 
 
-def build_parallel(config, cache_dir: str) -> BuiltStream:
-  """Parallel rows from config.data.parallel: `{"src", "tgt", "src_lang", "tgt_lang"}`."""
-  _check(config, "parallel")
+def hold_out_for_mono(rows: Iterable[dict], per_language: int,
+                      log: readers.SkipLog) -> tuple[list[dict], list[dict]]:
+  """Splits parallel rows into (pairs, monolingual sentences) for data.mono.from_parallel.
+
+  About `per_language` sentences of every language are taken from rows that are then not used
+  as pairs, one side of a row each, so that the language loss's z is non-parallel text of every
+  language the pairs have. A language in g pair groups (English in all of them, typically)
+  gives ceil(per_language / g) sentences from each; no group gives more than half its rows.
+  The choice is a seeded sample per (src_lang, tgt_lang), the same in every build. The rows
+  held out are counted in `log.held_out`.
+
+  Returns:
+    (pair rows in file order, mono rows {"text", "lang"}).
+  """
+  by_pair = {}
+  for row in rows:
+    by_pair.setdefault((row["src_lang"], row["tgt_lang"]), []).append(row)
+  groups = collections.Counter(lang for pair in by_pair for lang in set(pair))
+  pairs, mono = [], []
+  for (src, tgt), pair_rows in by_pair.items():
+    want = [math.ceil(per_language / groups[src]), math.ceil(per_language / groups[tgt])]
+    budget = len(pair_rows) // 2
+    if sum(want) > budget:
+      want = [budget // 2, budget - budget // 2]
+    picked = np.random.default_rng([src, tgt, 1]).choice(len(pair_rows), sum(want),
+                                                         replace=False)
+    taken = set(picked.tolist())
+    mono += [{"text": pair_rows[i]["src"], "lang": src} for i in picked[:want[0]]]
+    mono += [{"text": pair_rows[i]["tgt"], "lang": tgt} for i in picked[want[0]:]]
+    pairs += [r for i, r in enumerate(pair_rows) if i not in taken]
+    log.held_out += len(taken)
+  return pairs, mono
+
+
+def _parallel_rows(config, log: readers.SkipLog) -> Iterator[dict]:
+  """The parallel rows config.data.parallel names, in file order, before any hold-out or cap."""
   par = config.data.parallel
   languages = list(config.data.languages)
   if par.format == "tsv":
-    read = lambda p, log: readers.read_parallel_tsv(p, languages=languages, log=log)
+    read = lambda p: readers.read_parallel_tsv(p, languages=languages, log=log)
   else:
-    read = lambda p, log: readers.read_aligned(p, languages=languages, log=log)
+    read = lambda p: readers.read_aligned(p, languages=languages, log=log)
+  for path in par.paths:
+    yield from read(path)
+
+
+def _parallel_options(config) -> dict:
+  par = config.data.parallel
+  return {"format": par.format, "languages": list(config.data.languages),
+          "max_pairs_per_language": int(par.max_pairs_per_language),
+          "from_parallel": int(config.data.mono.get("from_parallel", 0))}
+
+
+def build_parallel(config, cache_dir: str) -> BuiltStream:
+  """Parallel rows from config.data.parallel: `{"src", "tgt", "src_lang", "tgt_lang"}`.
+
+  Rows held out for the monolingual stream (data.mono.from_parallel) are left out.
+  """
+  _check(config, "parallel")
+  par = config.data.parallel
+  held_out = int(config.data.mono.get("from_parallel", 0))
 
   def rows(log):
-    all_rows = (row for path in par.paths for row in read(path, log))
+    all_rows = _parallel_rows(config, log)
+    if held_out:
+      all_rows, _ = hold_out_for_mono(all_rows, held_out, log)
     if par.max_pairs_per_language:
       all_rows = _cap_per_language(all_rows, int(par.max_pairs_per_language), log)
     yield from all_rows
 
   features = tfds.features.FeaturesDict({
       "src": _text(), "tgt": _text(), "src_lang": np.int32, "tgt_lang": np.int32})
-  options = {"format": par.format, "languages": languages,
-             "max_pairs_per_language": int(par.max_pairs_per_language)}
   return build_rows("parallel", features, rows, files=stream_files(config, "parallel"),
-                    options=options,
-                    cache_dir=cache_dir, strict=config.data.strict)
+                    options=_parallel_options(config), cache_dir=cache_dir,
+                    strict=config.data.strict)
 
 
 def build_mono(config, cache_dir: str) -> BuiltStream:
-  """Monolingual rows from config.data.mono ("xxx:PATH" entries): `{"text", "lang"}`."""
+  """Monolingual rows `{"text", "lang"}`: config.data.mono.paths ("xxx:PATH" entries), then the
+  sentences held out of the parallel data (config.data.mono.from_parallel)."""
   _check(config, "mono")
   languages = list(config.data.languages)
   specs = list(config.data.mono.paths)
+  held_out = int(config.data.mono.get("from_parallel", 0))
+  files = stream_files(config, "mono")
+  options = {"languages": languages}
+  if held_out:
+    files += stream_files(config, "parallel")
+    options.update(parallel=_parallel_options(config))
 
   def rows(log):
     for spec in specs:
       yield from readers.read_mono(spec, languages=languages, log=log)
+    if held_out:
+      # The parallel files' own skips are counted by the parallel stream; count nothing twice.
+      _, mono = hold_out_for_mono(_parallel_rows(config, readers.SkipLog(log.strict)),
+                                  held_out, readers.SkipLog())
+      for row in mono:
+        log.keep("data.mono.from_parallel")
+        yield row
 
   features = tfds.features.FeaturesDict({"text": _text(), "lang": np.int32})
-  return build_rows("mono", features, rows, files=stream_files(config, "mono"),
-                    options={"languages": languages},
-                    cache_dir=cache_dir, strict=config.data.strict)
+  return build_rows("mono", features, rows, files=files, options=options, cache_dir=cache_dir,
+                    strict=config.data.strict)

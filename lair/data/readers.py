@@ -61,8 +61,9 @@ class SkipLog:
     self.kept = collections.Counter()  # file -> rows kept
     self.skipped = collections.defaultdict(collections.Counter)  # file -> reason -> n
     # Rows read but left out on purpose by a cap (builders' max_pairs_per_language),
-    # counted by the cap itself.
+    # counted by the cap itself, or held out of the pairs for the monolingual stream.
     self.capped = 0
+    self.held_out = 0
 
   def keep(self, path: str, n: int = 1) -> None:
     self.kept[str(path)] += n

@@ -3,7 +3,7 @@
 Each entry of `config.eval.sets` is a dict:
 
   name        key prefix of the metrics ("xquad-r" -> "xquad-r/map@20/mean").
-  kind        "lareqa" | "tatoeba" | "beir".
+  kind        "lareqa" | "tatoeba" | "beir" | "langid".
   paths       list of paths:
                 lareqa:  one SQuAD-style JSON per language with `sentence_breaks` (en.json, de.json,
                          ...; the language is the file name's stem).
@@ -11,6 +11,8 @@ Each entry of `config.eval.sets` is a dict:
                          and PREFIX.eng) or "xxx:PATH,eng:PATH".
                 beir:    BEIR folders (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv), one per
                          language or subset; the folder's name names it.
+                langid:  sentences per language: "xxx:PATH" files (one sentence a line) or
+                         Tatoeba prefixes "DIR/tatoeba.xxx-eng" (their xxx side).
   languages   optional list: keep only these language codes (file stems / pair sources).
   max_questions  optional int (lareqa): keep the first N question ids of the first file, in every
                  language; the pool shrinks to the paragraphs those questions come from (a slice
@@ -20,13 +22,27 @@ Each entry of `config.eval.sets` is a dict:
   split       optional (beir): the qrels split, default "test".
   max_len     optional int: token cut-off for this set (default: config.data.max_query_len for
               queries, max_sentence_len for Tatoeba sentences, max_passage_len for passages).
+  max_per_language  optional int (langid): sentences per language, half to fit the probe and
+              half to test it (default 500).
 
 Metrics come back flat: "{name}/{metric}/{group}" per language (or BEIR folder) and
 "{name}/{metric}/mean", the unweighted mean over groups.
+
+Language bias. A lareqa set also reports, under "{name}/bias/...", for each question language q:
+  own_share@K       the share of q's top K candidates that are in q's language,
+  unbiased_share    the share of q's relevant answers in q's language (what a retriever with no
+                    language preference would show; 1 / #languages in XQuAD-R),
+  own_excess@K      their difference ("/mean" is the one-number summary: 0 is unbiased),
+  recall@K->a       recall@K of q's answers in language a: row a, column q of a language x
+                    language matrix.
+A langid set fits a linear probe (ridge regression onto one-hot languages) on half the
+sentences' embeddings and reports its accuracy on the other half, "{name}/acc/{lang}" and mean,
+next to "{name}/chance/mean" (1 / #languages): lower means less language identity.
 """
 import collections
 import dataclasses
 import os
+import re
 from typing import Callable, Dict, List, Mapping, Sequence
 
 import numpy as np
@@ -39,6 +55,7 @@ DEFAULT_METRICS = {
     "lareqa": ("map@20", "mrr@20", "recall@20"),
     "tatoeba": ("acc_x2y", "acc_y2x", "acc"),
     "beir": ("ndcg@10", "mrr@10", "recall@100"),
+    "langid": ("acc",),
 }
 KINDS = tuple(DEFAULT_METRICS)
 
@@ -68,13 +85,15 @@ def set_errors(spec: Mapping) -> list[str]:
             f"{spec['paths']!r}"]
   files = []
   for path in spec["paths"]:
-    if spec["kind"] == "tatoeba":
-      try:
+    try:
+      if spec["kind"] == "tatoeba":
         files += [f for _, f in readers.parse_aligned_spec(path)]
-      except readers.DataError as e:
-        return [f"config.eval.sets entry {name!r}: {e}"]
-    else:
-      files.append(path)
+      elif spec["kind"] == "langid":
+        files.append(_langid_source(path)[1])
+      else:
+        files.append(path)
+    except readers.DataError as e:
+      return [f"config.eval.sets entry {name!r}: {e}"]
   return [f"config.eval.sets entry {name!r}: {f}: no such file or folder"
           for f in files if not os.path.exists(f)]
 
@@ -178,9 +197,10 @@ def _grouped_means(per_query: Mapping[str, np.ndarray], groups: Sequence[str],
   groups = np.asarray(groups)
   out = {}
   for metric, values in per_query.items():
-    per_group = {g: float(values[groups == g].mean()) for g in dict.fromkeys(groups.tolist())}
+    per_group = {g: float(np.nanmean(values[groups == g])) if np.any(
+        ~np.isnan(values[groups == g])) else float("nan") for g in dict.fromkeys(groups.tolist())}
     out.update({f"{name}/{metric}/{g}": v for g, v in per_group.items()})
-    out[f"{name}/{metric}/mean"] = float(np.mean(list(per_group.values())))
+    out[f"{name}/{metric}/mean"] = float(np.nanmean(list(per_group.values())))
   return out
 
 
@@ -201,14 +221,32 @@ def _ranked(searcher: Searcher, queries: np.ndarray, db: np.ndarray, depth: int)
 
 def evaluate_lareqa(spec: Mapping, encoders: Encoders, searcher: Searcher,
                     top_k: int) -> Dict[str, float]:
-  """Every question against every sentence of every language; means per question language."""
+  """Every question against every sentence of every language; means per question language.
+
+  Also the language-bias block (module docstring), at K = config.eval.top_k.
+  """
   pool = load_lareqa(spec)
   names = _metric_names(spec)
   q = encoders.query(pool.questions)
   db = encoders.passage(pool.sentences)
   ranked = _ranked(searcher, q, db, _depth(names, top_k))
   per_query = metrics_lib.ranking_metrics(ranked, pool.relevant, names)
-  return _grouped_means(per_query, pool.question_langs, spec["name"])
+  results = _grouped_means(per_query, pool.question_langs, spec["name"])
+  results.update(language_bias(ranked, pool, top_k, f"{spec['name']}/bias"))
+  return results
+
+
+def language_bias(ranked: np.ndarray, pool: LareqaPool, k: int, name: str) -> Dict[str, float]:
+  """The bias block of a LAReQA pool (module docstring), flat keys under `name`."""
+  own = metrics_lib.own_language_share(ranked, pool.question_langs, pool.sentence_langs, k)
+  unbiased = metrics_lib.unbiased_own_share(pool.relevant, pool.question_langs,
+                                            pool.sentence_langs)
+  per_query = {f"own_share@{k}": own, "unbiased_share": unbiased,
+               f"own_excess@{k}": own - unbiased}
+  for lang in dict.fromkeys(pool.sentence_langs):
+    per_query[f"recall@{k}->{lang}"] = metrics_lib.recall_in_language(
+        ranked, pool.relevant, pool.sentence_langs, lang, k)
+  return _grouped_means(per_query, pool.question_langs, name)
 
 
 # ----------------------------------------------------------------------------
@@ -285,4 +323,70 @@ def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
                         spec["name"])
 
 
-EVALUATORS = {"lareqa": evaluate_lareqa, "tatoeba": evaluate_tatoeba, "beir": evaluate_beir}
+# ----------------------------------------------------------------------------
+# Language identification probe.
+
+
+def _langid_source(path: str) -> tuple[str, str]:
+  """(language, file) of a langid path: "xxx:PATH" or a Tatoeba prefix (its xxx side)."""
+  if re.match(rf"^{readers.LANGUAGE_CODE}:", path):
+    return readers.parse_mono_spec(path)
+  (code, file), _ = readers.parse_aligned_spec(path)
+  return code, file
+
+
+def load_langid(spec: Mapping) -> Dict[str, List[str]]:
+  """{language: sentences}, at most max_per_language non-empty lines each (first ones)."""
+  limit = int(spec.get("max_per_language", 0) or 500)
+  by_lang = {}
+  for path in spec["paths"]:
+    code, file = _langid_source(path)
+    if code in by_lang:
+      raise ConfigError(f"config.eval.sets entry {spec['name']!r}: language {code!r} is given "
+                        f"twice (one path per language)")
+    lines = [t for _, t in readers.read_lines(file, readers.SkipLog()) if t and t.strip()]
+    by_lang[code] = [readers.clean_text(t) for t in lines[:limit]]
+  return {c: by_lang[c] for c in _languages_of(spec, list(by_lang))}
+
+
+def fit_linear_probe(x: np.ndarray, labels: np.ndarray, num_classes: int,
+                     l2: float = 1.0) -> np.ndarray:
+  """A linear classifier: ridge regression of one-hot labels on [x, 1]. Returns W [D + 1, C].
+
+  Closed form (no iterations, no seed): W = (X^T X + l2 I)^-1 X^T Y.
+  """
+  features = np.concatenate([x, np.ones((len(x), 1))], axis=1).astype(np.float64)
+  targets = np.eye(num_classes)[labels]
+  gram = features.T @ features + l2 * np.eye(features.shape[1])
+  return np.linalg.solve(gram, features.T @ targets)
+
+
+def evaluate_langid(spec: Mapping, encoders: Encoders, searcher: Searcher,
+                    top_k: int) -> Dict[str, float]:
+  """Accuracy of a linear language-identification probe on held-out sentences (per language)."""
+  del searcher, top_k
+  by_lang = load_langid(spec)
+  langs = list(by_lang)
+  if len(langs) < 2:
+    raise ConfigError(f"config.eval.sets entry {spec['name']!r}: a langid set needs sentences "
+                      f"of 2 or more languages, got {langs}")
+  train_x, train_y, test_x, test_y = [], [], [], []
+  for label, lang in enumerate(langs):
+    emb = encoders.sentence(by_lang[lang])
+    train_x.append(emb[0::2])  # Even lines fit the probe, odd lines test it.
+    test_x.append(emb[1::2])
+    train_y += [label] * len(emb[0::2])
+    test_y += [label] * len(emb[1::2])
+  weights = fit_linear_probe(np.concatenate(train_x), np.asarray(train_y), len(langs))
+  test = np.concatenate(test_x)
+  predicted = np.argmax(np.concatenate([test, np.ones((len(test), 1))], axis=1) @ weights, axis=1)
+  correct = predicted == np.asarray(test_y)
+  out = {f"{spec['name']}/acc/{lang}": float(correct[np.asarray(test_y) == i].mean())
+         for i, lang in enumerate(langs)}
+  out[f"{spec['name']}/acc/mean"] = float(np.mean([out[f"{spec['name']}/acc/{l}"] for l in langs]))
+  out[f"{spec['name']}/chance/mean"] = 1.0 / len(langs)
+  return out
+
+
+EVALUATORS = {"lareqa": evaluate_lareqa, "tatoeba": evaluate_tatoeba, "beir": evaluate_beir,
+              "langid": evaluate_langid}

@@ -103,3 +103,44 @@ def ranking_metrics(ranked: np.ndarray, qrels: Qrels, names: Sequence[str]) -> d
                        "were retrieved (raise config.eval.top_k)")
     out[name] = RANKING_METRICS[kind](ranked, qrels, int(k))
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Language bias of a multilingual pool (LAReQA).
+# ------------------------------------------------------------------------------------------------
+
+
+def own_language_share(ranked: np.ndarray, query_langs, candidate_langs, k: int) -> np.ndarray:
+  """`[Q]`: the share of each query's top k that is in the query's own language.
+
+  `ranked [Q, K]` candidate indices (-1 padding counts as another language); `query_langs [Q]`
+  and `candidate_langs [N]` language codes.
+  """
+  top = np.asarray(ranked)[:, :k]
+  langs = np.asarray(candidate_langs, dtype=object)
+  same = np.where(top >= 0, langs[np.maximum(top, 0)] == np.asarray(query_langs,
+                                                                    dtype=object)[:, None], False)
+  return same.sum(axis=1) / float(k)
+
+
+def unbiased_own_share(qrels: Qrels, query_langs, candidate_langs) -> np.ndarray:
+  """`[Q]`: the share of each query's relevant candidates in its own language.
+
+  What `own_language_share` would be for a retriever with no preference for a language and
+  its relevant candidates first (XQuAD-R: one answer per pool language, 1 / #languages).
+  """
+  langs = np.asarray(candidate_langs, dtype=object)
+  out = np.zeros(len(qrels))
+  for i, (rel, lang) in enumerate(zip(qrels, query_langs)):
+    hits = [c for c, g in rel.items() if g > 0]
+    out[i] = np.mean([langs[c] == lang for c in hits]) if hits else 0.0
+  return out
+
+
+def recall_in_language(ranked: np.ndarray, qrels: Qrels, candidate_langs, language: str,
+                       k: int) -> np.ndarray:
+  """`[Q]`: recall@k of each query's relevant candidates that are in `language` (NaN: none)."""
+  langs = np.asarray(candidate_langs, dtype=object)
+  restricted = [{c: g for c, g in rel.items() if langs[c] == language} for rel in qrels]
+  has = _num_relevant(restricted) > 0
+  return np.where(has, recall_at_k(ranked, restricted, k), np.nan)

@@ -131,3 +131,9 @@ def trainable_mask(params, freeze_embeddings: bool):
     names = [getattr(k, "key", str(k)) for k in path]
     return not (freeze_embeddings and "word_embeddings" in names)
   return jax.tree_util.tree_map_with_path(trainable, params)
+
+
+def stop_frozen_gradients(params):
+  """`params` with the token embedding tables behind stop_gradient (see `trainable_mask`)."""
+  frozen = trainable_mask(params, freeze_embeddings=True)
+  return jax.tree.map(lambda p, keep: p if keep else jax.lax.stop_gradient(p), params, frozen)

@@ -77,14 +77,26 @@ def validate(config) -> objectives.ObjectivePlan:
   if problems:
     hint = build.HF_PATH_HINT if any("model.hf_path" in p for p in problems) else ""
     raise errors.ConfigError("the config has problems:\n  " + "\n  ".join(problems), hint=hint)
-  if plan.z_is_monolingual():
-    print(f"warning: the language loss's z sentences are all {plan.z_languages or 'of one'} "
-          f"language(s) (config.loss.language_inputs={config.loss.language_inputs!r}, "
-          f"config.data.ir.language={config.data.ir.language!r}, "
-          f"config.data.mono.paths / config.data.mono.from_parallel): with z of a single "
-          f"language the term cannot remove language identity; give multilingual monolingual "
-          f"text (config.data.mono.from_parallel > 0 or config.data.mono.paths)", flush=True)
+  warning = language_z_warning(config, plan)
+  if warning:
+    print(warning, flush=True)
   return plan
+
+
+def language_z_warning(config, plan: objectives.ObjectivePlan) -> str:
+  """The start-up warning for a language loss whose z sentences hold one language ("" if not)."""
+  if not plan.z_is_monolingual():
+    return ""
+  held = list(plan.z_languages) or ["one unknown language"]
+  return (f"warning: the language loss's z sentences are all in {', '.join(held)} "
+          f"(config.loss.language_inputs={config.loss.language_inputs!r}, "
+          f"config.data.ir.language={config.data.ir.language!r}, config.data.mono.paths="
+          f"{list(config.data.mono.paths)}, config.data.mono.from_parallel="
+          f"{config.data.mono.from_parallel}): with z of one language the term cannot remove "
+          f"language identity. Give it multilingual non-parallel text: "
+          f"config.data.mono.from_parallel=N (N sentences per language held out of the "
+          f"parallel data) and/or config.data.mono.paths=xxx:FILE,... with "
+          f"config.loss.language_inputs='mono' or 'ir+mono'")
 
 
 def _flat(config, prefix: str = "") -> dict:
@@ -392,8 +404,8 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         config, tokenizer, seed=config.seed, process_index=jax.process_index(),
         process_count=jax.process_count(), cache_dir=run.data_dir, plan=plan))
     for name, stats in batches.stats.items():  # Skips are warned row by row; this is the total.
-      capped = f", capped {stats['capped']}" if stats.get("capped") else ""
-      print(f"data {name}: {stats['rows']} rows, skipped {stats['skipped'] or 'none'}{capped}",
+      extra = "".join(f", {key} {stats[key]}" for key in ("capped", "held_out") if stats.get(key))
+      print(f"data {name}: {stats['rows']} rows, skipped {stats['skipped'] or 'none'}{extra}",
             flush=True)
   checkpoints = checkpoint_lib.Checkpoints(run.checkpoints_dir,
                                            keep=config.train.keep_checkpoints, create=True)
@@ -411,7 +423,9 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
 
   special_ids = tuple(getattr(tokenizer, "all_special_ids", ()) or ())
   loss_and_grads = step_lib.make_loss_and_grads(
-      plan, config.loss, step_lib.make_embed_fn(rcfg, train=True), mesh,
+      plan, config.loss,
+      step_lib.make_embed_fn(rcfg, train=True,
+                             freeze_embeddings=config.model.freeze_embeddings), mesh,
       normalize=rcfg.normalize, grad_cache_chunk=config.train.grad_cache_chunk,
       special_ids=special_ids)
   train_step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)

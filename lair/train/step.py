@@ -184,7 +184,7 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rn
 
   Args:
     emb: {input name: [b_name, D]} this device's (unnormalised) embeddings.
-    extras: this device's parallel token ids/masks and language ids (for XTR).
+    extras: this device's parallel token ids/masks and language ids (XTR, diagnostics).
     objective_params: replicated {"xtr_head", "ems_projection"} as the active terms need.
     rng: the step's key (dropout in the XTR head; folded with the device index).
     plan: the objective plan (lair/objectives.py).
@@ -227,8 +227,12 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rn
                                  unit["src"], unit["tgt"])
   if plan.has("language"):
     z = jnp.concatenate([unit[name] for name in plan.language_z], axis=0)
+    x, y = _gather(unit["src"]), _gather(unit["tgt"])
+    if loss_cfg.language_stop_pairs:
+      x, y = jax.lax.stop_gradient(x), jax.lax.stop_gradient(y)
     out["language"] = _global_mean(losses.language_contrastive_loss(
-        z, _gather(unit["src"]), _gather(unit["tgt"]), tau=tau, form=loss_cfg.language_form))
+        z, x, y, tau=loss_cfg.language_tau or tau, form=loss_cfg.language_form))
+    out.update(_language_split(z, x, y, extras, emb, plan))
   if plan.has("xtr"):
     out["xtr"] = _global_mean(_xtr_rows(objective_params["xtr_head"], emb, extras, rng,
                                         loss_cfg=loss_cfg, special_ids=special_ids))
@@ -260,13 +264,36 @@ def _xtr_rows(head_params, emb: Mapping, extras: Mapping, rng, *, loss_cfg,
                          bag(extras["tgt_ids"], extras["tgt_mask"]))
 
 
-def _xtr_extras(batch: Mapping, plan: objectives.ObjectivePlan) -> dict:
-  """The per-row arrays XTR reads besides embeddings (token bags, languages)."""
-  if not plan.has("xtr"):
-    return {}
-  par = batch["parallel"]
-  return {k: par[k] for k in ("src_ids", "src_mask", "tgt_ids", "tgt_mask", "src_lang",
-                              "tgt_lang")}
+def _language_split(z, x, y, extras: Mapping, emb: Mapping,
+                    plan: objectives.ObjectivePlan) -> dict:
+  """The language loss's squared gap split into identity and noise (diagnostics, no gradient).
+
+  "language_identity": the part of mean((s(z,x) - s(z,y))^2) explained by the languages of z, x
+  and y; "language_noise": the rest, pair-specific. A term doing its job has identity well
+  above zero at first and shrinking; one that sees mostly noise has identity near zero.
+  """
+  z_lang = jnp.concatenate([
+      extras["mono_lang"] if name == "mono"
+      else jnp.full((emb[name].shape[0],), plan.ir_language_id, jnp.int32)
+      for name in plan.language_z])
+  sums = losses.language_gap_sums(
+      jax.lax.stop_gradient(z), jax.lax.stop_gradient(x), jax.lax.stop_gradient(y), z_lang,
+      _gather(extras["src_lang"]), _gather(extras["tgt_lang"]), plan.num_languages)
+  identity, noise = losses.language_identity_and_noise(*(jax.lax.psum(v, DATA) for v in sums))
+  return {"language_identity": identity, "language_noise": noise}
+
+
+def _extras(batch: Mapping, plan: objectives.ObjectivePlan) -> dict:
+  """The per-row arrays the terms read besides embeddings: token bags and language ids."""
+  extras = {}
+  if plan.has("xtr") or plan.has("language"):
+    extras.update(src_lang=batch["parallel"]["src_lang"], tgt_lang=batch["parallel"]["tgt_lang"])
+  if plan.has("xtr"):
+    extras.update({k: batch["parallel"][k] for k in ("src_ids", "src_mask", "tgt_ids",
+                                                      "tgt_mask")})
+  if "mono" in plan.language_z:
+    extras["mono_lang"] = batch["mono"]["lang"]
+  return extras
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +323,7 @@ def make_loss_and_grads(plan: objectives.ObjectivePlan, loss_cfg, embed_fn: Embe
 
   def plain(trainable, batch, rng):
     inputs = embedding_inputs(batch, plan)
-    extras = _xtr_extras(batch, plan)
+    extras = _extras(batch, plan)
 
     def total(trainable):
       emb = embed_streams(embed_fn, trainable["retriever"], inputs, rng)
@@ -307,7 +334,7 @@ def make_loss_and_grads(plan: objectives.ObjectivePlan, loss_cfg, embed_fn: Embe
 
   def grad_cache(trainable, batch, rng):
     inputs = embedding_inputs(batch, plan)
-    extras = _xtr_extras(batch, plan)
+    extras = _extras(batch, plan)
     chunks = _chunked(inputs, axis_size, grad_cache_chunk)
     emb = embed_chunked(embed_fn, trainable["retriever"], chunks, rng, axis_size)
     (_, metrics), (emb_grads, objective_grads) = jax.value_and_grad(
@@ -352,11 +379,17 @@ def shape_signature(batch: Mapping) -> tuple:
   return tuple((jax.tree_util.keystr(path), tuple(x.shape)) for path, x in leaves)
 
 
-def make_embed_fn(rcfg, *, train: bool = True) -> EmbedFn:
-  """embed_fn for the step: lair's retriever `embed`, unnormalised (the step normalises)."""
+def make_embed_fn(rcfg, *, train: bool = True, freeze_embeddings: bool = False) -> EmbedFn:
+  """embed_fn for the step: lair's retriever `embed`, unnormalised (the step normalises).
+
+  With `freeze_embeddings` the token embedding tables are stop-gradiented: XLA then computes
+  no [V, H] gradient for them at all (the optimiser gives frozen leaves no update and no state).
+  """
   raw = dataclasses.replace(rcfg, normalize=False)
 
   def embed_fn(params, ids, mask, tower, rng):
+    if freeze_embeddings:
+      params = retriever.stop_frozen_gradients(params)
     return retriever.embed(params, ids, mask, rcfg=raw, tower=tower, train=train, rng=rng)
 
   return embed_fn

@@ -1,0 +1,123 @@
+"""The recipe: multilingual-e5-small made language-agnostic with English IR + parallel pairs.
+
+    python -m lair.train --config=configs/e5_language_agnostic.py --workdir=runs/recipe \
+        --config.model.hf_path=~/.cache/lair/multilingual-e5-small
+
+`get_config()` is the recipe; `get_config(VARIANT)` one run of the ablation of docs/results.md
+(`bash scripts/run_ablation.sh` runs them all, resumable):
+
+    ir            English retrieval loss only (SQuAD question -> answer sentence)
+    ir_sem        + semantic contrastive loss on English<->X pairs (11 languages)
+    lang_W[_sg]   + language contrastive loss with weight W in {0.1, 0.3, 1}, its z 32
+                  non-parallel sentences per step in all 12 languages (held out of the parallel
+                  data, data.mono.from_parallel); _sg: stop-gradient through the pair (x, y)
+    lowres        the recipe with parallel pairs for deu and spa only
+
+Budget (a 2-core CPU, 6.5-8.5 s a step): batches of 32 IR pairs + 32 parallel pairs (+ 32 z
+sentences with the language loss), 200 steps, queries cut at 32 tokens, passages at 64,
+sentences at 32, the token embedding table frozen (80% of e5-small's parameters;
+stop-gradiented, so it costs no gradient).
+Evaluation: the full 5-language XQuAD-R development pool (5,950 questions against 6,086
+sentences, exact search) with its language-bias block, and a language-ID probe on Tatoeba
+sentences of the 5 XQuAD-R languages. The figures each setting reached are in docs/results.md.
+"""
+import os
+import pathlib
+
+from lair import configs
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SHARED = pathlib.Path(os.environ.get("LAIR_SHARED_DATA", REPO.parent / "shared" / "data"))
+E5_SMALL = os.path.expanduser("~/.cache/lair/multilingual-e5-small")
+
+# The 11 languages with English parallel data in ../shared/data/parallel/en-XXX.tsv.
+PARALLEL_LANGUAGES = ["ara", "deu", "ell", "hin", "ron", "rus", "spa", "tha", "tur", "vie", "zho"]
+LOW_RESOURCE_LANGUAGES = ["deu", "spa"]
+XQUAD_R_LANGUAGES = ["en", "de", "es", "ru", "zh"]
+# Tatoeba names Mandarin "cmn"; the parallel data calls it "zho".
+TATOEBA_FILE_CODE = {"zho": "cmn"}
+# The XQuAD-R languages but English as Tatoeba names them, for the language-ID probe.
+PROBE_LANGUAGES = ["deu", "spa", "rus", "cmn"]
+
+# The recipe's language term, chosen on the development runs (docs/results.md).
+RECIPE = "ir_sem"
+
+VARIANTS = {  # name -> (semantic weight, language weight, stop-gradient through pairs)
+    "ir": (0.0, 0.0, False),
+    "ir_sem": (1.0, 0.0, False),
+    **{f"lang_{w}{sg}": (1.0, float(w), bool(sg)) for w in ("0.1", "0.3", "1")
+       for sg in ("", "_sg")},
+}
+
+
+def tatoeba_spec(data_dir: pathlib.Path, lang: str) -> str:
+  """"xxx:PATH,eng:PATH" for one Tatoeba language (named by the parallel data's code)."""
+  code = TATOEBA_FILE_CODE.get(lang, lang)
+  prefix = data_dir / "tatoeba" / f"tatoeba.{code}-eng"
+  return f"{lang}:{prefix}.{code},eng:{prefix}.eng"
+
+
+def get_config(arg=None):
+  name = arg or RECIPE
+  lowres = name == "lowres"
+  if lowres:
+    name = RECIPE
+  if name not in VARIANTS:
+    raise ValueError(f"configs/e5_language_agnostic.py:{arg}: expected one of "
+                     f"{sorted(VARIANTS) + ['lowres']}")
+  semantic, language, stop_pairs = VARIANTS[name]
+  c = configs.default_config()
+  c.seed = 0
+
+  c.model.hf_path = E5_SMALL
+  c.model.pooling = "mean"
+  c.model.normalize = True
+  c.model.query_prefix = "query: "
+  c.model.passage_prefix = "passage: "
+  c.model.freeze_embeddings = True
+
+  parallel = LOW_RESOURCE_LANGUAGES if lowres else PARALLEL_LANGUAGES
+  c.data.languages = ["eng"] + PARALLEL_LANGUAGES
+  c.data.ir.format = "squad"
+  c.data.ir.paths = [str(SHARED / "squad" / "dev-v1.1.minus_xquad_paragraphs.json")]
+  c.data.ir.squad_target = "sentence"
+  c.data.parallel.format = "tsv"
+  c.data.parallel.paths = [str(SHARED / "parallel" / f"en-{l}.tsv") for l in parallel]
+  # At most 4,000 pairs per language: deu (56k) would otherwise fill a quarter of every batch.
+  c.data.parallel.max_pairs_per_language = 4000
+  c.data.max_query_len = 32
+  c.data.max_passage_len = 64
+  c.data.max_sentence_len = 32
+  c.data.length_buckets = [16, 32, 64]
+
+  c.loss.tau = 0.05
+  c.loss.ir_weight = 1.0
+  c.loss.semantic_weight = semantic
+  c.loss.language_weight = language
+  c.loss.language_stop_pairs = stop_pairs
+  if language:
+    # z: non-parallel sentences of every language, held out of the parallel data.
+    c.loss.language_inputs = "mono"
+    c.data.mono.from_parallel = 1000
+
+  c.train.batch_size = 32
+  c.train.parallel_batch_size = 32
+  c.train.mono_batch_size = 32
+  c.train.steps = 200
+  c.train.learning_rate = 5e-5
+  c.train.warmup_steps = 20
+  c.train.decay = "linear"
+  c.train.log_every = 20
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 1
+
+  c.eval.sets = [
+      {"name": "xquad-r", "kind": "lareqa",
+       "paths": [str(SHARED / "xquad-r" / f"{l}.json") for l in XQUAD_R_LANGUAGES]},
+      {"name": "langid", "kind": "langid", "max_per_language": 400,
+       "paths": [f"eng:{SHARED / 'tatoeba' / 'tatoeba.deu-eng.eng'}"]
+                + [str(SHARED / "tatoeba" / f"tatoeba.{code}-eng") for code in PROBE_LANGUAGES]},
+  ]
+  c.eval.search = "exact"
+  c.eval.batch_size = 64
+  return c
