@@ -45,7 +45,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.projection_dim = 0  # 0: keep the hidden size.
   c.model.normalize = True
   c.model.shared_towers = True  # False: separate query and passage encoders.
-  c.model.dtype = "float32"  # Compute dtype; params stay float32. "bfloat16" on accelerators.
+  # Matmul dtype; params, optimiser state, LayerNorm, softmax and losses stay float32.
+  # "bfloat16" on accelerators.
+  c.model.dtype = "float32"
+  # "einsum" (the reference) | "dot_product" (jax.nn.dot_product_attention: cuDNN flash
+  # attention on GPU with bfloat16, XLA elsewhere; training with attention dropout > 0 falls
+  # back to "einsum"). See lair/models/bert.py.
+  c.model.attention = "einsum"
+  # Rematerialise each encoder layer in the backward pass: "" (off) | "full" (keep only each
+  # layer's input) | "dots" (keep the dense layers' matmul outputs). Same gradients, less memory.
+  c.model.remat = ""
   c.model.freeze_embeddings = False  # Keep the (large, multilingual) token embedding table fixed.
   c.model.query_prefix = ""  # e.g. "query: " for multilingual-e5.
   c.model.passage_prefix = ""  # e.g. "passage: " for multilingual-e5.

@@ -4,6 +4,8 @@ Parity with PyTorch `transformers` is in test_hf.py; here: pooling maths, paddin
 dropout, bfloat16 compute, the retriever's params layout and `build_from_config`.
 """
 import dataclasses
+import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ import pytest
 from lair import configs
 from lair.models import bert
 from lair.models import build
+from lair.models import flops
 from lair.models import pooling
 from lair.models import retriever
 
@@ -98,8 +101,16 @@ def test_bfloat16_compute_is_close_to_float32():
   rcfg32 = retriever.RetrieverConfig(encoder=CONFIG)
   rcfg16 = retriever.RetrieverConfig(encoder=dataclasses.replace(CONFIG, dtype="bfloat16"))
   hidden16 = bert.encode(params, ids, mask, config=rcfg16.encoder)
-  assert hidden16.dtype == jnp.bfloat16
+  assert hidden16.dtype == jnp.float32  # The residual stream and LayerNorm stay float32.
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  # The matmuls (and only they) run in bfloat16: every dot_general of the forward pass has
+  # bfloat16 operands, and no LayerNorm, softmax or residual op does.
+  jaxpr = jax.make_jaxpr(functools.partial(bert.encode, config=rcfg16.encoder))(params, ids, mask)
+  dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+  assert dots and all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
+  reductions = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name in ("reduce_max",
+                                                                           "reduce_sum")]
+  assert reductions and all(v.aval.dtype == jnp.float32 for e in reductions for v in e.invars)
   e32 = retriever.embed({"encoder": params}, ids, mask, rcfg=rcfg32)
   e16 = retriever.embed({"encoder": params}, ids, mask, rcfg=rcfg16)
   assert e16.dtype == jnp.float32
@@ -235,3 +246,135 @@ def test_build_from_config_hf_path(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, params["query_encoder"],
                params["passage_encoder"])
   assert isinstance(model_cfg, ml_collections.ConfigDict)
+
+
+def _equations(jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in it (jit, remat, custom_jvp, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (list, tuple)) else [param]):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          yield from _equations(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          yield from _equations(sub)
+
+
+def _projected_loss(config, ids, mask, rng=None):
+  """params -> sum(hidden * R) for a fixed random R [B, L, H]: a loss every state moves.
+
+  (A sum of squares would not do: LayerNorm's output has a fixed norm.)
+  """
+  r = jax.random.normal(jax.random.key(9), (*ids.shape, config.hidden_size))
+  train = rng is not None
+  return lambda p: jnp.sum(bert.encode(p, ids, mask, config=config, train=train, rng=rng) * r)
+
+
+@pytest.mark.parametrize("options", [dict(attention="dot_product"), dict(remat="full"),
+                                     dict(remat="dots"),
+                                     dict(attention="dot_product", remat="dots")])
+def test_fused_attention_and_remat_equal_the_reference(options):
+  """Values and gradients of the speed options equal the einsum path's (float32, CPU)."""
+  config = dataclasses.replace(CONFIG, hidden_dropout=0.0, attention_dropout=0.0)
+  fast = dataclasses.replace(config, **options)
+  params = bert.init_encoder(config, jax.random.key(0))
+  ids, mask = padded_batch(lengths=(7, 3, 5, 1, 0))  # The last row is all padding.
+  ref_hidden = bert.encode(params, ids, mask, config=config)
+  np.testing.assert_allclose(bert.encode(params, ids, mask, config=fast), ref_hidden,
+                             rtol=1e-5, atol=1e-5)
+  rng = jax.random.key(1)  # train=True, no dropout: exercises the training code path.
+  ref_loss, ref_grads = jax.jit(jax.value_and_grad(_projected_loss(config, ids, mask, rng)))(
+      params)
+  loss, grads = jax.jit(jax.value_and_grad(_projected_loss(fast, ids, mask, rng)))(params)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads,
+               ref_grads)
+  assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(ref_grads)) > 1e-2
+
+
+def test_attention_matches_numpy_masked_softmax():
+  """Both attention functions against a NumPy masked softmax; a fully padded row is uniform."""
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(3, 5, 2, 4)).astype(np.float32) for _ in range(3))
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], np.int32)
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0  # sqrt(head_dim = 4)
+  logits = np.where(mask[:, None, None, :] == 1, logits, -np.inf)
+  logits[2] = 0.0  # No real key: every key weighs the same.
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  want = np.einsum("bhqk,bkhd->bqhd", probs, v)
+  np.testing.assert_allclose(bert.einsum_attention(q, k, v, mask), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(bert.fused_attention(q, k, v, mask), want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_attention_training_with_attention_dropout_runs_the_reference():
+  """dot_product has no attention dropout: such a training pass is the einsum path's, exactly."""
+  config = dataclasses.replace(CONFIG, hidden_dropout=0.1, attention_dropout=0.2)
+  params = bert.init_encoder(config, jax.random.key(0))
+  ids, mask = padded_batch()
+  rng = jax.random.key(3)
+  fused = dataclasses.replace(config, attention="dot_product")
+  np.testing.assert_array_equal(
+      bert.encode(params, ids, mask, config=fused, train=True, rng=rng),
+      bert.encode(params, ids, mask, config=config, train=True, rng=rng))
+
+
+def test_speed_options_are_checked_and_round_trip_through_model_json():
+  with pytest.raises(ValueError, match=r"model.attention='flash'.*'einsum', 'dot_product'"):
+    dataclasses.replace(CONFIG, attention="flash")
+  with pytest.raises(ValueError, match=r"model.remat='all'.*'full', 'dots'"):
+    dataclasses.replace(CONFIG, remat="all")
+  rcfg = retriever.RetrieverConfig(encoder=dataclasses.replace(
+      CONFIG, attention="dot_product", remat="dots", dtype="bfloat16"))
+  saved = json.loads(json.dumps(dataclasses.asdict(rcfg)))
+  assert retriever.RetrieverConfig.from_dict(saved) == rcfg
+  # A model.json written before these fields existed loads with the reference defaults.
+  for key in ("attention", "remat"):
+    del saved["encoder"][key]
+  old = retriever.RetrieverConfig.from_dict(saved).encoder
+  assert (old.attention, old.remat) == ("einsum", "")
+  # config.model -> EncoderConfig, and config_errors names the key.
+  model_cfg = configs.default_config().model
+  model_cfg.update(attention="dot_product", remat="full")
+  rcfg, _, _ = build.build_from_config(model_cfg, tokenizer=_Tokenizer(40, 0),
+                                       rng=jax.random.key(0))
+  assert (rcfg.encoder.attention, rcfg.encoder.remat) == ("dot_product", "full")
+  model_cfg.update(attention="flash", remat="all")
+  assert build.config_errors(model_cfg) == [
+      "config.model.attention='flash': expected one of ('einsum', 'dot_product')",
+      "config.model.remat='all': expected one of ('', 'full', 'dots')"]
+
+
+def test_flop_count_matches_a_hand_count_and_the_programs_matmuls():
+  """flops.encoder_flops on a tiny encoder: a hand count, and the dot_generals JAX runs."""
+  config = bert.EncoderConfig(vocab_size=20, hidden_size=8, num_layers=2, num_heads=2,
+                              intermediate_size=12, max_position_embeddings=16,
+                              hidden_dropout=0.0, attention_dropout=0.0)
+  rows, length = 3, 5
+  # By hand, one layer, one text (2 FLOPs per multiply-add):
+  #   Q, K, V, output: 4 matmuls [5, 8] x [8, 8]        4 * 2*5*8*8  = 2560
+  #   scores: 2 heads x [5, 4] x [4, 5]                  2 * 2*5*4*5  =  400
+  #   probs @ V: 2 heads x [5, 5] x [5, 4]               2 * 2*5*5*4  =  400
+  #   FFN: [5, 8] x [8, 12] and [5, 12] x [12, 8]        2 * 2*5*8*12 = 1920
+  per_layer_text = 2560 + 400 + 400 + 1920
+  forward = 3 * 2 * per_layer_text  # 3 texts, 2 layers: 31,680
+  assert flops.encoder_flops(config, rows, length, train=False) == forward
+  assert flops.encoder_flops(config, rows, length, train=True) == 3 * forward
+
+  def matmul_flops(fn, *args):
+    total = 0
+    for eqn in _equations(jax.make_jaxpr(fn)(*args).jaxpr):
+      if eqn.primitive.name == "dot_general":
+        (contract, _), _ = eqn.params["dimension_numbers"]
+        lhs = eqn.invars[0].aval.shape
+        total += 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod([lhs[d] for d in contract])
+    return total
+
+  params = bert.init_encoder(config, jax.random.key(0))
+  ids, mask = padded_batch(lengths=(5, 2, 4), max_len=length, vocab=20)
+  loss = _projected_loss(config, ids, mask)
+  assert matmul_flops(loss, params) == forward
+  # The backward pass takes both inputs' gradients of every matmul: twice the forward.
+  assert matmul_flops(jax.value_and_grad(loss), params) == 3 * forward
+  assert flops.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert flops.peak_flops("cpu", "float32") is None

@@ -14,11 +14,12 @@ def build_from_config(model_cfg, *, tokenizer=None, rng):
   With `model_cfg.hf_path` the encoder (and, unless one is passed, its tokenizer) is imported
   by `load_hf`; otherwise a random encoder is built from `model_cfg.encoder`, whose
   vocab_size = 0 means len(tokenizer) and whose pad id is the tokenizer's.
-  `model_cfg.dtype` sets the compute dtype.
+  `model_cfg.dtype`, `.attention` and `.remat` set how the encoder runs (lair/models/bert.py).
   """
   if model_cfg.hf_path:
     enc_cfg, enc_params, hf_tokenizer = hf.load_hf(model_cfg.hf_path)  # Checks its tokenizer.
-    enc_cfg = dataclasses.replace(enc_cfg, dtype=model_cfg.dtype)
+    enc_cfg = dataclasses.replace(enc_cfg, dtype=model_cfg.dtype, attention=model_cfg.attention,
+                                  remat=model_cfg.remat)
     if tokenizer is None:
       tokenizer = hf_tokenizer
     else:
@@ -38,7 +39,7 @@ def build_from_config(model_cfg, *, tokenizer=None, rng):
         max_position_embeddings=e.max_position_embeddings, type_vocab_size=e.type_vocab_size,
         layer_norm_eps=e.layer_norm_eps, hidden_dropout=e.hidden_dropout,
         attention_dropout=e.attention_dropout, pad_token_id=pad_id if pad_id is not None else 0,
-        dtype=model_cfg.dtype)
+        dtype=model_cfg.dtype, attention=model_cfg.attention, remat=model_cfg.remat)
     retriever.check_vocabulary(tokenizer, enc_cfg, "model.encoder.vocab_size")
     enc_params = None
   rcfg = retriever.retriever_config_from_config(model_cfg, enc_cfg)
@@ -66,6 +67,12 @@ def config_errors(model_cfg) -> list[str]:
                   f"positive width with config.model.projection set")
   if model_cfg.dtype not in DTYPES:
     errors.append(f"config.model.dtype={model_cfg.dtype!r}: expected one of {DTYPES}")
+  if model_cfg.attention not in bert.ATTENTIONS:
+    errors.append(f"config.model.attention={model_cfg.attention!r}: expected one of "
+                  f"{bert.ATTENTIONS}")
+  if model_cfg.remat not in bert.REMAT_POLICIES:
+    errors.append(f"config.model.remat={model_cfg.remat!r}: expected one of "
+                  f"{tuple(bert.REMAT_POLICIES)}")
   if model_cfg.hf_path:
     if not hf.looks_like_hub_name(model_cfg.hf_path) and not os.path.isdir(
         os.path.expanduser(model_cfg.hf_path)):

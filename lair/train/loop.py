@@ -38,6 +38,7 @@ from lair.evaluate import evaluators
 from lair.evaluate import run as eval_run
 from lair.models import build
 from lair.models import ems
+from lair.models import flops as flops_lib
 from lair.models import retriever
 from lair.train import optim
 from lair.train import step as step_lib
@@ -51,8 +52,8 @@ PREEMPTED_EXIT_CODE = 75
 # means, so a resume that changes it is refused.
 RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.eval_every", "train.grad_cache_chunk",
-                  "train.stop_signals", "eval.", "mesh.", "model.dtype", "data.cache_dir",
-                  "data.strict")
+                  "train.stop_signals", "eval.", "mesh.", "model.dtype", "model.attention",
+                  "model.remat", "data.cache_dir", "data.strict")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -437,9 +438,11 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   compiled_shapes = set()
   pending = None  # (step, metrics, data position) whose loss is checked one step late.
   scalars = {}
-  examples = tokens = 0
+  examples = tokens = model_flops = 0
   tick = time.time()
   stop = StopSignals(config.train.stop_signals)
+  # Device peak for utilisation (lair/models/flops.py's table); None on CPUs and unknown chips.
+  peak = flops_lib.peak_flops(jax.devices()[0].device_kind, config.model.dtype)
 
   def evaluate(step: int) -> None:
     """config.eval.sets on the current params; best params first, eval/step_N.json last.
@@ -472,6 +475,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         n_examples, n_tokens = batch_counts(host_batch)
         examples += n_examples * jax.process_count()
         tokens += n_tokens * jax.process_count()
+        model_flops += step_lib.model_flops(host_batch, plan, rcfg.encoder) * jax.process_count()
 
         done = step + 1
         stopping = stop.requested()
@@ -486,9 +490,12 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
           elapsed = max(time.time() - tick, 1e-9)
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           scalars.update(examples_per_s=examples / elapsed, tokens_per_s=tokens / elapsed,
+                         model_tflops_per_s=model_flops / elapsed / 1e12,
                          compiles=len(compiled_shapes))
+          if peak:
+            scalars["mfu"] = model_flops / elapsed / (peak * jax.device_count())
           writer.write(done, scalars)
-          examples = tokens = 0
+          examples = tokens = model_flops = 0
           tick = time.time()
         if save_now:
           checkpoints.save(done, state, batches.get_state())
@@ -503,7 +510,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         if eval_now and done != total:
           evaluate(done)
           # Evaluation time is not training throughput: restart the clock and the counts.
-          examples = tokens = 0
+          examples = tokens = model_flops = 0
           tick = time.time()
       if pending is not None:
         check_finite(*pending, last_checkpoint)

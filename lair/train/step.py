@@ -36,6 +36,7 @@ from lair import losses
 from lair import objectives
 from lair import sharding
 from lair.models import ems
+from lair.models import flops
 from lair.models import pooling
 from lair.models import retriever
 
@@ -377,6 +378,16 @@ def shape_signature(batch: Mapping) -> tuple:
   """The shapes that decide whether the step compiles again: ((path, shape), ...)."""
   leaves = jax.tree_util.tree_flatten_with_path(batch)[0]
   return tuple((jax.tree_util.keystr(path), tuple(x.shape)) for path, x in leaves)
+
+
+def model_flops(batch: Mapping, plan: objectives.ObjectivePlan, encoder_config) -> float:
+  """Model FLOPs of one training step on `batch` (lair/models/flops.py: forward + backward).
+
+  Counts every input the plan embeds at its padded shape [N, L]; the objectives' own work
+  (similarities, the EMS heads) is small next to the encoder and left out.
+  """
+  return sum(flops.encoder_flops(encoder_config, *ids.shape, train=True)
+             for ids, _, _ in embedding_inputs(batch, plan).values())
 
 
 def make_embed_fn(rcfg, *, train: bool = True, freeze_embeddings: bool = False) -> EmbedFn:
