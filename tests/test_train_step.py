@@ -1,6 +1,8 @@
 """The train step's parts: GradCache equals plain backprop, chunk layout, inputs, optimiser."""
 import functools
+import re
 
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from lair import configs
 from lair import losses
 from lair import sharding
 from lair.models import pooling
+from lair.models import retriever
 from lair.train import optim
 from lair.train import step as step_lib
 from test_sharded import run_check
@@ -161,3 +164,86 @@ def test_fsdp_spec_shards_big_arrays_only():
   assert spec((384, 1536)) == jax.sharding.PartitionSpec(None, "data")
   assert spec((384,)) == jax.sharding.PartitionSpec()  # Too small.
   assert spec((1001, 3)) == jax.sharding.PartitionSpec()  # No dimension divisible by 8.
+
+
+def _frozen_and_rest(params):
+  """(the token embedding table, every other leaf as a flat {path: array})."""
+  flat = traverse_util.flatten_dict(params)
+  key = ("encoder", "embeddings", "word_embeddings", "embedding")
+  return flat.pop(key), flat, key
+
+
+def _lair_frozen_step(rcfg, lcfg, train_cfg, params, *, freeze):
+  """lair's jitted train step and its initial state, as loop.py builds them."""
+  mesh = sharding.make_mesh(1)
+  trainable = {"retriever": params, "objectives": {}}
+  mask = {"retriever": retriever.trainable_mask(params, freeze), "objectives": {}}
+  optimizer, schedule = optim.make_optimizer(train_cfg, mask)
+  state = {"step": jnp.int32(0), "params": trainable, "opt_state": optimizer.init(trainable),
+           "rng": jax.random.PRNGKey(0)}
+  shardings = sharding.state_shardings(state, mesh)
+  loss_and_grads = step_lib.make_loss_and_grads(
+      sharded_check.plan_for(lcfg), lcfg,
+      step_lib.make_embed_fn(rcfg, freeze_embeddings=freeze), mesh)
+  step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)
+  return step, jax.device_put(state, shardings), mesh
+
+
+def test_frozen_embeddings_cost_nothing_and_train_as_a_constant_table():
+  """model.freeze_embeddings: no optimiser state and no [V, H] gradient for the table, and the
+  trained params equal those of plain AdamW on every other param with the table a constant."""
+  lcfg = sharded_check.loss_config(ir_weight=1.0)
+  rcfg = sharded_check.tiny_rcfg(0.0)
+  params = retriever.init_retriever(rcfg, jax.random.PRNGKey(0))
+  initial = jax.tree.map(np.array, params)  # Copies: the step donates its state's buffers.
+  table, _, key = _frozen_and_rest(initial)
+  train_cfg = configs.default_config().train
+  train_cfg.update(learning_rate=1e-3, warmup_steps=0, steps=10, clip_norm=0.5)
+  train_step, state, mesh = _lair_frozen_step(rcfg, lcfg, train_cfg, params, freeze=True)
+  table_shape = (sharded_check.VOCAB, 32)
+  assert table.shape == table_shape
+  assert table_shape not in [x.shape for x in jax.tree.leaves(state["opt_state"])]
+
+  batch = sharding.put_batch(sharded_check.random_batch(), mesh)
+  # Nothing [V, H] is computed: no scatter-add of token gradients into the table's shape
+  # (the trainable table, the positive control, has one).
+  hlo = train_step.lower(state, batch).compile().as_text()
+  scatter = re.compile(r"f32\[97,32\]\{[0-9,]*\} scatter")
+  assert not scatter.search(hlo)
+  unfrozen_step, unfrozen_state, _ = _lair_frozen_step(rcfg, lcfg, train_cfg, params,
+                                                       freeze=False)
+  assert scatter.search(unfrozen_step.lower(unfrozen_state, batch).compile().as_text())
+
+  # The reference: plain optax (clip + AdamW without decay on biases/norms) on the other
+  # params only, the table closed over as a constant, the loss written out on one device.
+  _, rest, _ = _frozen_and_rest(initial)
+  schedule = optim.learning_rate_schedule(train_cfg)
+  tx = optax.chain(optax.clip_by_global_norm(train_cfg.clip_norm),
+                   optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-6,
+                               weight_decay=train_cfg.weight_decay,
+                               mask=optim.weight_decay_mask))
+
+  def reference_loss(rest):
+    full = traverse_util.unflatten_dict({**rest, key: table})
+    trainable = {"retriever": full, "objectives": {}}
+    return sharded_check.reference_loss(trainable, sharded_check.random_batch(),
+                                        jax.random.PRNGKey(0), rcfg=rcfg, lcfg=lcfg)[0]
+
+  @jax.jit
+  def reference_step(rest, opt_state):
+    grads = jax.grad(reference_loss)(rest)
+    updates, opt_state = tx.update(grads, opt_state, rest)
+    return optax.apply_updates(rest, updates), opt_state
+
+  opt_state = tx.init(rest)
+  for _ in range(3):
+    state, _ = train_step(state, batch)
+    rest, opt_state = reference_step(rest, opt_state)
+  trained_table, trained_rest, _ = _frozen_and_rest(state["params"]["retriever"])
+  np.testing.assert_array_equal(trained_table, table)
+  moved = 0.0
+  for path, want in rest.items():
+    np.testing.assert_allclose(trained_rest[path], want, rtol=1e-4, atol=1e-6, err_msg=str(path))
+    moved = max(moved, float(np.max(np.abs(want - np.asarray(
+        traverse_util.flatten_dict(initial)[path])))))
+  assert moved > 1e-3  # Three steps at lr 1e-3 moved the params.
