@@ -1,25 +1,35 @@
-r"""One dual-encoder training step in lair (JAX) and in PyTorch, side by side on this machine.
+r"""One dual-encoder training step in lair (JAX) and in PyTorch, side by side on one device.
 
 Both sides run the same computation: a shared BERT tower embeds B queries [B, Lq] and B passages
 [B, Lp], masked mean pooling, L2 norm, in-batch InfoNCE (`lair.losses.retrieval_infonce` /
 the same loss written in torch), then an AdamW update. lair: `jit(value_and_grad)` + `optax.adamw`
-with donated params; PyTorch: `transformers.BertModel` + `torch.optim.AdamW`. Both start from the
-SAME weights (the torch model's, imported into lair with `lair.models.hf`), so the printed
-initial eval-mode losses must agree; with `--dropout 0` the per-step losses agree too.
+with donated params; PyTorch (eager): `transformers.BertModel` (SDPA attention) +
+`torch.optim.AdamW`. Both start from the SAME weights (the torch model's, imported into lair with
+`lair.models.hf`), so the printed initial eval-mode losses must agree; with `--dropout 0` the
+per-step losses agree too. With `--dtype bfloat16` lair runs its matmuls in bfloat16 (params,
+optimiser, LayerNorm, softmax in float32) and PyTorch runs under `torch.autocast(bfloat16)`.
 
 Timing: warm-up steps (compilation included) are excluded; then `--rounds` rounds alternate
-`--steps` steps of each framework, so that load from other processes on a shared CPU hits both
-alike. Reported: median step time, steps/s, padded and real (non-pad) tokens/s, and the ratio.
+`--steps` steps of each framework, so that load from other processes hits both alike. Reported:
+median step time, padded and real tokens/s, model FLOP/s (lair/models/flops.py: the encoder's
+matmuls and attention, forward + backward, padded tokens) and utilisation: of the device's
+bf16/f32 dense peak where known (GPU/TPU table), and on a CPU of the matmul peak measured on the
+spot (a 2048^2 float32 matmul in each framework). Then a profile: the same phases timed apart
+in both (forward, forward + backward, optimiser update), to show where the gap is.
 
   python benchmarks/train_step.py                    # BERT 6x384, 12 heads, vocab 30522
   python benchmarks/train_step.py --model e5         # ~/.cache/lair/multilingual-e5-small
+  python benchmarks/train_step.py --model base --dtype bfloat16 --attention dot_product  # GPU
   python benchmarks/train_step.py --batch 16 --query-len 32 --passage-len 128 --dropout 0
   python benchmarks/train_step.py --single-thread    # one compute thread in each framework
+  python benchmarks/train_step.py --quick            # tiny run: checks the script end to end
 """
 import argparse
 import dataclasses
+import json
 import os
 import pathlib
+import platform
 import statistics
 import sys
 import time
@@ -35,22 +45,38 @@ import transformers
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from lair import losses  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lair.models import bert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lair.models import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lair.models import hf  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lair.models import retriever  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 E5_DIR = pathlib.Path.home() / ".cache" / "lair" / "multilingual-e5-small"
-# The small BERT of `--model bert6`: MiniLM-sized, BERT-base vocabulary.
-BERT6 = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-             intermediate_size=1536, max_position_embeddings=512, pad_token_id=0)
+# Random-weight shapes: `bert6` MiniLM-sized with BERT-base's vocabulary; `base` BERT-base
+# sized with XLM-R's vocabulary (multilingual retrievers' usual embedding table).
+SHAPES = {
+    "bert6": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                  intermediate_size=1536, max_position_embeddings=512, pad_token_id=0),
+    "base": dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12,
+                 num_attention_heads=12, intermediate_size=3072, max_position_embeddings=514,
+                 pad_token_id=0),
+}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 
-def parse_args():
+def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", choices=["bert6", "e5"], default="bert6")
+  parser.add_argument("--model", choices=["bert6", "e5", "base"], default="bert6")
+  parser.add_argument("--layers", type=int, default=0,
+                      help="Override the layer count of bert6/base (0: keep).")
   parser.add_argument("--batch", type=int, default=16, help="Queries (and passages) per step.")
   parser.add_argument("--query-len", type=int, default=32)
   parser.add_argument("--passage-len", type=int, default=128)
-  parser.add_argument("--dropout", type=float, default=0.1, help="Hidden and attention dropout.")
+  parser.add_argument("--dropout", type=float, default=0.1, help="Hidden dropout.")
+  parser.add_argument("--attention-dropout", type=float, default=None,
+                      help="Attention dropout (default: --dropout). lair's fused attention "
+                           "has none: with --attention dot_product use 0.")
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  parser.add_argument("--attention", choices=bert.ATTENTIONS, default="einsum")
+  parser.add_argument("--remat", choices=tuple(bert.REMAT_POLICIES), default="")
   parser.add_argument("--tau", type=float, default=0.05)
   parser.add_argument("--lr", type=float, default=2e-5)
   parser.add_argument("--weight-decay", type=float, default=0.01)
@@ -60,40 +86,79 @@ def parse_args():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--single-thread", action="store_true",
                       help="One compute thread in both frameworks (fairer on a busy CPU).")
-  return parser.parse_args()
+  parser.add_argument("--no-torch", action="store_true", help="Time lair only.")
+  parser.add_argument("--no-profile", action="store_true", help="Skip the per-phase profile.")
+  parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
+  parser.add_argument("--quick", action="store_true",
+                      help="A tiny run (2 layers, batch 4, short texts, 1 round) to check the "
+                           "script end to end; also LAIR_BENCH_QUICK=1.")
+  args = parser.parse_args(argv)
+  if args.attention_dropout is None:
+    args.attention_dropout = args.dropout
+  if args.quick or os.environ.get("LAIR_BENCH_QUICK"):
+    args.quick = True
+    args.layers = args.layers or 2
+    args.batch, args.query_len, args.passage_len = 4, 16, 32
+    args.warmup, args.steps, args.rounds = 1, 1, 1
+  return args
 
 
-def torch_model(args):
-  """(transformers BertModel in train mode, its pad id)."""
+def device_description():
+  """(jax device kind, torch device, a line about the processor)."""
+  cpu = platform.processor() or platform.machine()
+  flags = set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name") and cpu in ("", "x86_64"):
+          cpu = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          break
+  except OSError:
+    pass
+  present = " ".join(f for f in CPU_FLAGS if f in flags) or f"none of {' '.join(CPU_FLAGS)}"
+  cpu_line = f"CPU {cpu}, {os.cpu_count()} cores, flags {present}"
+  torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+  return jax.devices()[0].device_kind, torch_device, cpu_line
+
+
+def torch_model(args, device):
+  """(transformers BertModel in train mode on `device`, its pad id)."""
   torch.manual_seed(args.seed)
-  dropout = dict(hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
+  dropout = dict(hidden_dropout_prob=args.dropout,
+                 attention_probs_dropout_prob=args.attention_dropout)
   if args.model == "e5":
     if not (E5_DIR / "config.json").exists():
       sys.exit(f"--model e5: {E5_DIR}/config.json not found (build it with "
                "shared/tools/e5_small_checkpoint.py)")
     model = transformers.AutoModel.from_pretrained(str(E5_DIR), add_pooling_layer=False,
-                                                   **dropout)
+                                                   attn_implementation="sdpa", **dropout)
   else:
-    model = transformers.BertModel(transformers.BertConfig(**BERT6, **dropout),
+    shape = dict(SHAPES[args.model])
+    if args.layers:
+      shape["num_hidden_layers"] = args.layers
+    model = transformers.BertModel(transformers.BertConfig(**shape, **dropout),
                                    add_pooling_layer=False)
-  return model.train(), model.config.pad_token_id
+  return model.to(device).train(), model.config.pad_token_id
 
 
 def lair_retriever(args, model):
   """(RetrieverConfig, params) of lair's dual encoder holding the torch model's weights."""
+  tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
   if args.model == "e5":
     enc_cfg, enc_params, _ = hf.load_hf(str(E5_DIR))
   else:
+    c = model.config
     enc_cfg = bert.EncoderConfig(
-        model_type="bert", vocab_size=BERT6["vocab_size"], hidden_size=BERT6["hidden_size"],
-        num_layers=BERT6["num_hidden_layers"], num_heads=BERT6["num_attention_heads"],
-        intermediate_size=BERT6["intermediate_size"],
-        max_position_embeddings=BERT6["max_position_embeddings"],
-        pad_token_id=BERT6["pad_token_id"], layer_norm_eps=model.config.layer_norm_eps)
-    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        model_type="bert", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size, max_position_embeddings=c.max_position_embeddings,
+        pad_token_id=c.pad_token_id, layer_norm_eps=c.layer_norm_eps)
     enc_params = hf.encoder_params_from_torch(tensors, enc_cfg, "torch BertModel")
   enc_cfg = dataclasses.replace(enc_cfg, hidden_dropout=args.dropout,
-                                attention_dropout=args.dropout)
+                                attention_dropout=args.attention_dropout, dtype=args.dtype,
+                                attention=args.attention, remat=args.remat)
   rcfg = retriever.RetrieverConfig(encoder=enc_cfg, pooling="mean", normalize=True)
   return rcfg, retriever.init_retriever(rcfg, jax.random.key(args.seed), enc_params)
 
@@ -110,8 +175,8 @@ def random_batch(rng, batch, length, vocab_size, pad_id):
 # lair
 
 
-def make_lair_step(rcfg, args):
-  """jit'ed (params, opt_state, batch, rng) -> (params, opt_state, loss), params donated."""
+def make_lair_fns(rcfg, args):
+  """(optimizer, step, eval_loss, grads_fn, update_fn), all jitted; step donates its state."""
   optimizer = optax.adamw(args.lr, weight_decay=args.weight_decay)
 
   def loss_fn(params, batch, rng, train):
@@ -127,32 +192,46 @@ def make_lair_step(rcfg, args):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
+  def update(params, opt_state, grads):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
   eval_loss = jax.jit(lambda params, batch: loss_fn(params, batch, jax.random.key(0), False))
-  return optimizer, jax.jit(step, donate_argnums=(0, 1)), eval_loss
+  grads_fn = jax.jit(lambda params, batch, rng: jax.value_and_grad(loss_fn)(params, batch, rng,
+                                                                            True))
+  return (optimizer, jax.jit(step, donate_argnums=(0, 1)), eval_loss, grads_fn,
+          jax.jit(update, donate_argnums=(0, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch
 
 
-def torch_loss(model, batch, tau):
-  def embed(ids, mask):
-    hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-    m = mask.unsqueeze(-1).float()
-    return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+def torch_loss(model, batch, tau, dtype):
+  device_type = next(model.parameters()).device.type
+  with torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+    def embed(ids, mask):
+      hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+      m = mask.unsqueeze(-1).float()
+      return F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
-  q = embed(batch["query_ids"], batch["query_mask"])
-  p = embed(batch["passage_ids"], batch["passage_mask"])
+    q = embed(batch["query_ids"], batch["query_mask"])
+    p = embed(batch["passage_ids"], batch["passage_mask"])
   logits = q @ p.T / tau
-  return F.cross_entropy(logits, torch.arange(q.shape[0]))
+  return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
-def torch_step(model, optimizer, batch, tau):
+def torch_step(model, optimizer, batch, tau, dtype):
   optimizer.zero_grad(set_to_none=True)
-  loss = torch_loss(model, batch, tau)
+  loss = torch_loss(model, batch, tau, dtype)
   loss.backward()
   optimizer.step()
-  return loss.item()
+  return loss.item()  # Waits for the device.
+
+
+def torch_sync():
+  if torch.cuda.is_available():
+    torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,12 +254,83 @@ def use_one_thread():
   torch.set_num_threads(1)
 
 
-def main():
-  args = parse_args()
+def torch_matmul_flops(device, dtype="float32", size=2048, repeats=5):
+  """FLOP/s of a `size`^2 torch matmul (best of `repeats`), the torch side's practical peak."""
+  x = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+  torch.mm(x, x)
+  torch_sync()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    torch.mm(x, x)
+    torch_sync()
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * size ** 3 / best
+
+
+def profile_phases(lair_fns, state, jax_batch, model, torch_opt, torch_batch, args, reps):
+  """{phase: {framework: median seconds}} for forward, forward + backward, optimiser update."""
+  _, _, eval_loss, grads_fn, update_fn = lair_fns
+  key = jax.random.key(1)
+
+  def lair_forward():
+    return float(eval_loss(state["params"], jax_batch))
+
+  def lair_backward():
+    loss, grads = grads_fn(state["params"], jax_batch, key)
+    jax.block_until_ready(grads)
+    return float(loss)
+
+  grads = grads_fn(state["params"], jax_batch, key)[1]
+
+  def lair_update():
+    state["params"], state["opt_state"] = update_fn(state["params"], state["opt_state"], grads)
+    jax.block_until_ready(state["params"])
+
+  def torch_forward():
+    model.eval()
+    with torch.no_grad():
+      loss = torch_loss(model, torch_batch, args.tau, args.dtype).item()
+    model.train()
+    return loss
+
+  def torch_backward():
+    torch_opt.zero_grad(set_to_none=True)
+    loss = torch_loss(model, torch_batch, args.tau, args.dtype)
+    loss.backward()
+    torch_sync()
+
+  def torch_update():
+    torch_opt.step()
+    torch_sync()
+
+  phases = {"forward (eval)": (lair_forward, torch_forward),
+            "forward + backward": (lair_backward, torch_backward),
+            "AdamW update": (lair_update, torch_update)}
+  out = {}
+  for phase, (lair_fn, torch_fn) in phases.items():
+    lair_fn()  # Compiles / warms each phase.
+    if model is not None:
+      torch_fn()
+    times = {"lair": [], "torch": []}
+    for _ in range(reps):
+      times["lair"].append(timed(lair_fn)[0])
+      if model is not None:
+        times["torch"].append(timed(torch_fn)[0])
+    out[phase] = {k: statistics.median(v) for k, v in times.items() if v}
+  return out
+
+
+def main(argv=None):
+  args = parse_args(argv)
   if args.single_thread:
     use_one_thread()
-  model, pad_id = torch_model(args)
+  device_kind, torch_device, cpu_line = device_description()
+  on_cpu = jax.default_backend() == "cpu"
+  model, pad_id = torch_model(args, torch_device)
   rcfg, params = lair_retriever(args, model)
+  if args.no_torch:
+    model = None
   vocab_size = rcfg.encoder.vocab_size
   rng = np.random.default_rng(args.seed)
   q_ids, q_mask = random_batch(rng, args.batch, args.query_len, vocab_size, pad_id)
@@ -188,36 +338,43 @@ def main():
   np_batch = {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids,
               "passage_mask": p_mask}
   jax_batch = {k: jnp.asarray(v) for k, v in np_batch.items()}
-  torch_batch = {k: torch.from_numpy(v.astype(np.int64)) for k, v in np_batch.items()}
+  torch_batch = {k: torch.from_numpy(v.astype(np.int64)).to(torch_device)
+                 for k, v in np_batch.items()}
   padded_tokens = q_ids.size + p_ids.size
   real_tokens = int(q_mask.sum() + p_mask.sum())
+  step_flops = (flops.encoder_flops(rcfg.encoder, args.batch, args.query_len)
+                + flops.encoder_flops(rcfg.encoder, args.batch, args.passage_len))
 
+  e = rcfg.encoder
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  print(f"model={args.model} ({rcfg.encoder.num_layers} layers x {rcfg.encoder.hidden_size}, "
-        f"{rcfg.encoder.num_heads} heads, ffn {rcfg.encoder.intermediate_size}, vocab "
-        f"{vocab_size}, {num_params / 1e6:.1f}M params), batch {args.batch} queries x "
-        f"{args.query_len} + {args.batch} passages x {args.passage_len} tokens "
-        f"({padded_tokens} padded, {real_tokens} real), dropout {args.dropout}, tau {args.tau}")
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} device, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, attention "
-        f"{model.config._attn_implementation}; os.cpu_count()={os.cpu_count()}, load average "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+  print(f"model={args.model} ({e.num_layers} layers x {e.hidden_size}, {e.num_heads} heads, ffn "
+        f"{e.intermediate_size}, vocab {vocab_size}, {num_params / 1e6:.1f}M params), batch "
+        f"{args.batch} queries x {args.query_len} + {args.batch} passages x {args.passage_len} "
+        f"tokens ({padded_tokens} padded, {real_tokens} real), dropout {args.dropout} "
+        f"(attention {args.attention_dropout}), tau {args.tau}; lair dtype {args.dtype}, "
+        f"attention {args.attention}, remat {args.remat or 'off'}; model FLOPs per step "
+        f"{step_flops / 1e12:.3f} TFLOP (lair/models/flops.py)")
+  print(f"jax {jax.__version__} on {jax.default_backend()} ({device_kind}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); torch {torch.__version__} on "
+        f"{torch_device}, {torch.get_num_threads()} threads, attention "
+        f"{model.config._attn_implementation if model is not None else '-'}; {cpu_line}; "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
   # Same weights, eval mode (no dropout): the two implementations must agree.
-  optimizer, lair_step, lair_eval_loss = make_lair_step(rcfg, args)
-  model.eval()
-  with torch.no_grad():
-    torch_initial = torch_loss(model, torch_batch, args.tau).item()
-  model.train()
+  lair_fns = make_lair_fns(rcfg, args)
+  optimizer, lair_step, lair_eval_loss = lair_fns[:3]
   lair_initial = float(lair_eval_loss(params, jax_batch))
-  print(f"initial eval loss, same weights: lair {lair_initial:.6f}  torch {torch_initial:.6f}  "
-        f"|diff| {abs(lair_initial - torch_initial):.2e}")
+  if model is not None:
+    model.eval()
+    with torch.no_grad():
+      torch_initial = torch_loss(model, torch_batch, args.tau, args.dtype).item()
+    model.train()
+    print(f"initial eval loss, same weights: lair {lair_initial:.6f}  torch {torch_initial:.6f}"
+          f"  |diff| {abs(lair_initial - torch_initial):.2e}", flush=True)
 
-  opt_state = optimizer.init(params)
-  torch_opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-  key = jax.random.key(args.seed)
-  state = {"params": params, "opt_state": opt_state, "key": key}
+  state = {"params": params, "opt_state": optimizer.init(params), "key": jax.random.key(args.seed)}
+  torch_opt = (torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+               if model is not None else None)
 
   def run_lair():
     state["key"], step_key = jax.random.split(state["key"])
@@ -226,34 +383,91 @@ def main():
     return float(loss)  # Blocks until the step is done.
 
   def run_torch():
-    return torch_step(model, torch_opt, torch_batch, args.tau)
+    return torch_step(model, torch_opt, torch_batch, args.tau, args.dtype)
 
-  times = {"lair": [], "torch": []}
-  trajectory = {"lair": [], "torch": []}
-  for name, fn in (("lair", run_lair), ("torch", run_torch)):
+  frameworks = [("lair", run_lair)] + ([("torch", run_torch)] if model is not None else [])
+  times = {name: [] for name, _ in frameworks}
+  trajectory = {name: [] for name, _ in frameworks}
+  for name, fn in frameworks:
     for i in range(args.warmup):
       seconds, loss = timed(fn)
       trajectory[name].append(loss)
       print(f"  warm-up {name} step {i}: {seconds:.2f}s loss {loss:.5f}"
-            + (" (includes compilation)" if name == "lair" and i == 0 else ""))
+            + (" (includes compilation)" if name == "lair" and i == 0 else ""), flush=True)
   for _ in range(args.rounds):
-    for name, fn in (("lair", run_lair), ("torch", run_torch)):
+    for name, fn in frameworks:
       for _ in range(args.steps):
         seconds, loss = timed(fn)
         times[name].append(seconds)
         trajectory[name].append(loss)
 
-  for name in ("lair", "torch"):
+  for name in times:
     print(f"  {name} losses: " + " ".join(f"{x:.4f}" for x in trajectory[name]))
   median = {name: statistics.median(t) for name, t in times.items()}
-  print(f"\n{'':6s} {'median s/step':>13s} {'steps/s':>8s} {'padded tok/s':>13s} "
-        f"{'real tok/s':>11s}  (min..max s/step over {len(times['lair'])} steps)")
-  for name in ("lair", "torch"):
-    print(f"{name:6s} {median[name]:13.3f} {1 / median[name]:8.2f} "
-          f"{padded_tokens / median[name]:13.0f} {real_tokens / median[name]:11.0f}  "
+
+  # Peaks: the vendor's dense peak on accelerators; on a CPU, a matmul measured now.
+  peak = flops.peak_flops(device_kind, args.dtype)
+  measured = {}
+  if on_cpu:
+    measured["lair"] = flops.measure_matmul_flops("float32")
+    if model is not None:
+      measured["torch"] = torch_matmul_flops(torch_device)
+  print(f"\n{'':6s} {'median s/step':>13s} {'padded tok/s':>13s} {'real tok/s':>11s} "
+        f"{'model TFLOP/s':>13s} {'utilisation':>24s}  (min..max s/step over "
+        f"{len(times['lair'])} steps)")
+  figures = {}
+  for name in times:
+    achieved = step_flops / median[name]
+    if peak:
+      util = f"{achieved / peak:6.1%} of {peak / 1e12:.0f} TFLOP/s"
+    elif name in measured:
+      util = f"{achieved / measured[name]:6.1%} of {measured[name] / 1e9:.0f} GFLOP/s matmul"
+    else:
+      util = "peak unknown"
+    print(f"{name:6s} {median[name]:13.3f} {padded_tokens / median[name]:13.0f} "
+          f"{real_tokens / median[name]:11.0f} {achieved / 1e12:13.4f} {util:>24s}  "
           f"({min(times[name]):.3f}..{max(times[name]):.3f})")
-  print(f"lair / torch speed (steps/s ratio): {median['torch'] / median['lair']:.2f}x; load "
-        f"average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    figures[name] = dict(
+        s_per_step=median[name], padded_tokens_per_s=padded_tokens / median[name],
+        real_tokens_per_s=real_tokens / median[name], model_tflops_per_s=achieved / 1e12,
+        mfu=achieved / peak if peak else None,
+        matmul_peak_fraction=achieved / measured[name] if name in measured else None)
+  if measured:
+    print("(CPU matmul peak measured now, jitted/torch.mm 2048^2 float32: "
+          + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in measured.items()) + ")")
+  ratio = median["torch"] / median["lair"] if "torch" in median else None
+  if ratio:
+    print(f"lair / torch speed (steps/s ratio): {ratio:.2f}x; load average after: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+  profile = None
+  if not args.no_profile:
+    profile = profile_phases(lair_fns, state, jax_batch, model, torch_opt, torch_batch, args,
+                             reps=max(2, args.rounds))
+    print("\nwhere a step's time goes (each phase timed apart, median s):")
+    print(f"  {'phase':22s} {'lair':>8s} {'torch':>8s} {'lair/torch speed':>17s}")
+    for phase, t in profile.items():
+      speed = f"{t['torch'] / t['lair']:.2f}x" if "torch" in t else "-"
+      torch_s = f"{t['torch']:8.3f}" if "torch" in t else f"{'-':>8s}"
+      print(f"  {phase:22s} {t['lair']:8.3f} {torch_s} {speed:>17s}")
+    print(f"  {'(whole step)':22s} {median['lair']:8.3f} "
+          + (f"{median['torch']:8.3f} {ratio:16.2f}x" if ratio else ""))
+    if on_cpu and "lair" in measured:
+      print(f"  the step's model FLOPs at lair's measured matmul peak would take "
+            f"{step_flops / measured['lair']:.3f} s: the rest of lair's step is not matmul.")
+
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(dict(
+        model=args.model, layers=e.num_layers, hidden=e.hidden_size, vocab=vocab_size,
+        batch=args.batch, query_len=args.query_len, passage_len=args.passage_len,
+        dtype=args.dtype, attention=args.attention, remat=args.remat,
+        dropout=args.dropout, attention_dropout=args.attention_dropout,
+        device_kind=device_kind, torch_device=torch_device, cpu=cpu_line,
+        model_tflop_per_step=step_flops / 1e12, peak_tflops=peak / 1e12 if peak else None,
+        measured_matmul_gflops={k: v / 1e9 for k, v in measured.items()},
+        lair_over_torch=ratio, figures=figures, profile=profile,
+        initial_loss={"lair": lair_initial}), indent=2))
+  return figures
 
 
 if __name__ == "__main__":

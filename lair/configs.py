@@ -145,9 +145,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.eval.scann = ml_collections.ConfigDict(dict(
       num_leaves=0,  # 0: about sqrt(pool size).
-      num_leaves_to_search=0,  # 0: half the leaves or more (see evaluate/search.py).
+      num_leaves_to_search=0,  # 0: all below 5k points, then fewer (evaluate/search.py).
       training_sample_size=0,  # 0: the whole pool, at most 100k.
-      dimensions_per_block=2, anisotropic_quantization_threshold=0.2, reorder=100))
+      # Candidates re-ranked exactly (at least top_k): what lifts recall@10 from ~0.9 to ~0.98
+      # on clustered pools at a few % of ScaNN's speed (benchmarks/search.py).
+      dimensions_per_block=2, anisotropic_quantization_threshold=0.2, reorder=300))
   c.eval.select_best = ""  # Metric key ("xquad-r/map@20/mean") that picks the best checkpoint.
   return c
 

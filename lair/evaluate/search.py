@@ -55,19 +55,22 @@ def scann_settings(num_candidates: int, k: int,
                    cfg: Optional[ml_collections.ConfigDict] = None) -> dict:
   """ScaNN settings from `config.eval.scann`, with 0 meaning "scale to the pool".
 
-  num_leaves ~ sqrt(N). num_leaves_to_search: half of them, more in pools under 10k points
-  (a fraction 5000 / N, all leaves below 5k, where pruning saves little): multilingual pools
-  cluster by language, so a cross-lingual query's neighbours sit in other leaves than the
-  query (measured with multilingual-e5-small, max_len 24, 500 English queries against the
-  10k Tatoeba sentences of 10 other languages that tests/test_search.py uses: a tenth of the
-  100 leaves gives recall@10 0.77 of exact search, half 0.97-0.98). The tree trains on the
-  whole pool up to 100k points; AH candidates are re-ranked exactly, max(reorder, k) of them.
+  num_leaves ~ sqrt(N). num_leaves_to_search: every leaf of pools up to _SEARCH_ALL_BELOW
+  points (pruning a small pool saves little), then a fraction sqrt(_SEARCH_ALL_BELOW / N) of
+  them, which is about sqrt(_SEARCH_ALL_BELOW) = 71 leaves whatever the pool: the points
+  scored grow as sqrt(N) (71k of 1M, 7%) while exact search grows as N. Measured
+  (benchmarks/search.py, docs/training.md "Speed"): recall@10 of exact search >= 0.97 at 100k
+  and 1M clustered unit vectors, 0.99 on the 10k cross-lingual Tatoeba pool of
+  tests/test_search.py (multilingual pools cluster by language, so a cross-lingual query's
+  neighbours sit in other leaves than the query: there a tenth of the leaves gave 0.77 and half
+  0.97-0.98). The tree trains on the whole pool up to 100k points; AH candidates are re-ranked
+  exactly, max(reorder, k) of them.
   """
   cfg = cfg or ml_collections.ConfigDict()
   n = num_candidates
   num_leaves = int(cfg.get("num_leaves", 0)) or max(1, int(round(math.sqrt(n))))
   num_leaves = min(num_leaves, n)
-  fraction = max(0.5, min(1.0, _SEARCH_ALL_BELOW / n))
+  fraction = min(1.0, (_SEARCH_ALL_BELOW / n) ** 0.75)
   to_search = int(cfg.get("num_leaves_to_search", 0)) or max(8, math.ceil(num_leaves * fraction))
   sample = int(cfg.get("training_sample_size", 0)) or min(n, 100_000)
   return dict(
@@ -77,7 +80,25 @@ def scann_settings(num_candidates: int, k: int,
       dimensions_per_block=int(cfg.get("dimensions_per_block", 2)),
       anisotropic_quantization_threshold=float(
           cfg.get("anisotropic_quantization_threshold", 0.2)),
-      reorder=max(int(cfg.get("reorder", 100)), k))
+      reorder=max(int(cfg.get("reorder", 300)), k))
+
+
+def scann_searcher(db: np.ndarray, k: int, cfg: Optional[ml_collections.ConfigDict] = None):
+  """A built ScaNN searcher over `db [N, D]`: tree + asymmetric hashing + exact re-ranking."""
+  from scann import scann_ops_pybind  # Imported here: only this path needs it.
+  db = np.asarray(db, np.float32)
+  s = scann_settings(db.shape[0], min(k, db.shape[0]), cfg)
+  logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
+  # Unit-norm rows (normalised retrievers) partition better with spherical k-means.
+  spherical = bool(np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-3))
+  return (
+      scann_ops_pybind.builder(db, k, "dot_product")
+      .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
+            training_sample_size=s["training_sample_size"], spherical=spherical)
+      .score_ah(s["dimensions_per_block"],
+                anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
+      .reorder(s["reorder"])
+      .build())
 
 
 def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
@@ -87,22 +108,11 @@ def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
 
   Args, returns: as `exact_search`; `cfg` is `config.eval.scann`.
   """
-  from scann import scann_ops_pybind  # Imported here: only this path needs it.
-  queries, db = np.asarray(queries, np.float32), np.asarray(db, np.float32)
   k = min(k, db.shape[0])
-  s = scann_settings(db.shape[0], k, cfg)
-  logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
-  # Unit-norm rows (normalised retrievers) partition better with spherical k-means.
-  spherical = bool(np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-3))
-  searcher = (
-      scann_ops_pybind.builder(db, k, "dot_product")
-      .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
-            training_sample_size=s["training_sample_size"], spherical=spherical)
-      .score_ah(s["dimensions_per_block"],
-                anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
-      .reorder(s["reorder"])
-      .build())
-  ids, scores = searcher.search_batched(queries, final_num_neighbors=k)
+  searcher = scann_searcher(db, k, cfg)
+  # Every core, as exact search uses them (the same results as search_batched).
+  ids, scores = searcher.search_batched_parallel(np.asarray(queries, np.float32),
+                                                 final_num_neighbors=k)
   return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
 
 
