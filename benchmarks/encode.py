@@ -60,9 +60,11 @@ def parse_args():
                       help="Compute dtype of both (torch: the model's dtype).")
   parser.add_argument("--attention", choices=bert.ATTENTIONS, default="einsum")
   parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
-  parser.add_argument("--quick", action="store_true", help="200 sentences, 1 round.")
+  parser.add_argument("--quick", action="store_true",
+                      help="200 sentences, 1 round; bert6/base: 2 layers, the tokenizer's vocab.")
   args = parser.parse_args()
   if args.quick or os.environ.get("LAIR_BENCH_QUICK"):
+    args.quick = True
     args.sentences, args.rounds = min(args.sentences, 200), 1
   return args
 
@@ -108,8 +110,11 @@ def build(args, workdir: pathlib.Path):
     words = None
   else:
     tokenizer, words = word_tokenizer(workdir / "tokenizer")
+    shape = dict(SHAPES[args.model])
+    if args.quick:  # Light enough for a CPU check of the script (and a small export).
+      shape.update(vocab_size=len(tokenizer), num_layers=2)
     enc_cfg = bert.EncoderConfig(model_type="bert", max_position_embeddings=512,
-                                 pad_token_id=tokenizer.pad_token_id, **SHAPES[args.model])
+                                 pad_token_id=tokenizer.pad_token_id, **shape)
     enc_params = None
   enc_cfg = dataclasses.replace(enc_cfg, dtype=args.dtype, attention=args.attention)
   rcfg = retriever.RetrieverConfig(encoder=enc_cfg, pooling="mean", normalize=True)

@@ -56,15 +56,16 @@ def scann_settings(num_candidates: int, k: int,
   """ScaNN settings from `config.eval.scann`, with 0 meaning "scale to the pool".
 
   num_leaves ~ sqrt(N). num_leaves_to_search: every leaf of pools up to _SEARCH_ALL_BELOW
-  points (pruning a small pool saves little), then a fraction sqrt(_SEARCH_ALL_BELOW / N) of
-  them, which is about sqrt(_SEARCH_ALL_BELOW) = 71 leaves whatever the pool: the points
-  scored grow as sqrt(N) (71k of 1M, 7%) while exact search grows as N. Measured
-  (benchmarks/search.py, docs/training.md "Speed"): recall@10 of exact search >= 0.97 at 100k
-  and 1M clustered unit vectors, 0.99 on the 10k cross-lingual Tatoeba pool of
-  tests/test_search.py (multilingual pools cluster by language, so a cross-lingual query's
-  neighbours sit in other leaves than the query: there a tenth of the leaves gave 0.77 and half
-  0.97-0.98). The tree trains on the whole pool up to 100k points; AH candidates are re-ranked
-  exactly, max(reorder, k) of them.
+  (5k) points, where pruning saves little, then a fraction (5000 / N)^0.75 of them: 59 of 100
+  leaves at 10k, 33 of 316 at 100k, 19 of 1000 at 1M. The points scored per query grow as
+  N^0.25 while exact search's grow as N. reorder (config default 300): AH candidates re-ranked
+  exactly, max(reorder, k) of them; this, more than the leaves, sets recall on clustered pools.
+  Measured (benchmarks/search.py, docs/training.md "Speed"): recall@10 of exact search 0.99 on
+  1M clustered unit vectors x 384 (reorder 100: 0.90 whatever the leaves), 0.983 on the 10k
+  cross-lingual Tatoeba pool of tests/test_search.py (multilingual pools cluster by language, so
+  a cross-lingual query's neighbours sit in other leaves than the query: there, with reorder
+  100, a tenth of the leaves gave 0.77 and half 0.97-0.98). The tree trains on the whole pool up
+  to 100k points.
   """
   cfg = cfg or ml_collections.ConfigDict()
   n = num_candidates
