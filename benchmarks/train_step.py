@@ -323,6 +323,21 @@ def profile_phases(lair_fns, state, jax_batch, model, torch_opt, torch_batch, ar
   return out
 
 
+def fused_attention_kernels(fn, *args):
+  """Names of the program's primitives that are a fused attention kernel (cuDNN's), if any."""
+  def names(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn.primitive.name
+      for param in eqn.params.values():
+        for sub in (param if isinstance(param, (list, tuple)) else [param]):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            yield from names(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            yield from names(sub)
+  found = set(names(jax.make_jaxpr(fn)(*args).jaxpr))
+  return sorted(n for n in found if "cudnn" in n or "attention" in n or "fmha" in n)
+
+
 def main(argv=None):
   args = parse_args(argv)
   if args.single_thread:
@@ -373,6 +388,10 @@ def main(argv=None):
     model.train()
     print(f"initial eval loss, same weights: lair {lair_initial:.6f}  torch {torch_initial:.6f}"
           f"  |diff| {abs(lair_initial - torch_initial):.2e}", flush=True)
+
+  attention_kernels = fused_attention_kernels(lair_eval_loss, params, jax_batch)
+  if args.attention == "dot_product":
+    print(f"fused attention primitives in lair's program: {attention_kernels or 'none (XLA)'}")
 
   state = {"params": params, "opt_state": optimizer.init(params), "key": jax.random.key(args.seed)}
   torch_opt = (torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -468,6 +487,7 @@ def main(argv=None):
         model_tflop_per_step=step_flops / 1e12, peak_tflops=peak / 1e12 if peak else None,
         measured_matmul_gflops={k: v / 1e9 for k, v in measured.items()},
         lair_over_torch=ratio, figures=figures, profile=profile,
+        fused_attention_primitives=attention_kernels,
         initial_loss={"lair": lair_initial}), indent=2))
   return figures
 
