@@ -59,6 +59,8 @@ def parse_args():
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                       help="Compute dtype of both (torch: the model's dtype).")
   parser.add_argument("--attention", choices=bert.ATTENTIONS, default="einsum")
+  parser.add_argument("--single-thread", action="store_true",
+                      help="One compute thread in both frameworks (fairer on a busy CPU).")
   parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
   parser.add_argument("--quick", action="store_true",
                       help="200 sentences, 1 round; bert6/base: 2 layers, the tokenizer's vocab.")
@@ -126,6 +128,10 @@ def main():
   args = parse_args()
   import sentence_transformers  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
+  if args.single_thread:  # XLA reads XLA_FLAGS at its first computation, which is later.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_multi_thread_eigen=false").strip()
+    torch.set_num_threads(1)
   device = "cuda" if torch.cuda.is_available() else "cpu"
   with tempfile.TemporaryDirectory() as tmp:
     workdir = pathlib.Path(tmp)
