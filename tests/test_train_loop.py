@@ -258,3 +258,27 @@ def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
   (workdir / "config.json").unlink()
   with pytest.raises(FileNotFoundError, match=rf"{workdir / 'config.json'} not found"):
     export.export(str(workdir), str(tmp_path / "out"), step=40)
+
+
+def test_stop_signal_saves_exits_75_and_the_rerun_resumes_exactly(tmp_path, unbroken_run,
+                                                                  cache):
+  """SIGTERM when batch 22 is asked for, and again while the checkpoint it asked for is being
+  written: step 22 finishes, checkpoint 23 is saved whole, the exit code is 75, and the same
+  command resumes from 23 and ends with the unbroken run's params, bit for bit."""
+  workdir = tmp_path / "stopped"
+  command = train_command(workdir, cache)
+  command[1:3] = [str(REPO / "tests" / "train_and_signal.py")]
+  proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(env(), LAIR_SIGNAL_AT_BATCH="22", LAIR_SIGNAL_AGAIN_IN_SAVE="1"))
+  assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "received SIGTERM: stopping after this step" in proc.stdout
+  assert "received SIGTERM again: still saving" in proc.stdout
+  assert f"stopped by SIGTERM at step 23: checkpoint saved in {workdir / 'checkpoints'}/23" in (
+      proc.stdout)
+  assert checkpoints(workdir).latest_step() == 23
+  resumed = run_training(workdir, cache)
+  assert f"resumed from {workdir / 'checkpoints'}/23" in resumed.stdout
+  step, params = final_params(workdir)
+  _, ref_params = final_params(unbroken_run)
+  assert step == STEPS
+  jax.tree.map(np.testing.assert_array_equal, params, ref_params)

@@ -120,7 +120,7 @@ def main(argv) -> None:
   problems = evaluators.config_errors(config.eval)
   if problems:
     raise ConfigError("; ".join(problems))
-  sharding.initialize_distributed()
+  print(sharding.initialize_distributed(), flush=True)
   params, rcfg, tokenizer, step = load_model(fv, config)
   run.run_evaluations(config, params, rcfg, tokenizer, workdir=fv.workdir, step=step)
 
