@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     # ScaNN publishes Linux wheels only (x86_64, aarch64); elsewhere evaluation uses exact search.
     "scann==1.4.2; platform_system == 'Linux'",
     "tensorboardX==2.6.5",
+    "tqdm==4.70.1",  # Progress bars of training and encoding (also a transformers dependency).
 ]
 
 EXTRAS = {

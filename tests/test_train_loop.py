@@ -282,3 +282,32 @@ def test_stop_signal_saves_exits_75_and_the_rerun_resumes_exactly(tmp_path, unbr
   _, ref_params = final_params(unbroken_run)
   assert step == STEPS
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+def test_a_short_run_prints_no_preparation_lines_native_logs_or_tracebacks(tmp_path):
+  # A fresh data cache, so the tfds builds (which print by default) happen in this run.
+  proc = run_training(tmp_path / "quiet", f"--config.data.cache_dir={tmp_path / 'cache'}",
+                      "--config.eval.sets=[]", "--config.eval.select_best=", steps=3)
+  printed = proc.stdout + proc.stderr
+  for noise in ("Downloading and preparing", "Subsequent calls will reuse", "Traceback",
+                "I0000", "Some weights of"):
+    assert noise not in printed, (noise, printed[-3000:])
+  assert "data ir: 1500 rows" in proc.stdout and "[####################] 3/3" in proc.stdout
+
+
+@pytest.mark.parametrize("override, says", [
+    ("--config.data.ir.paths=/nonexistent/train.json",
+     "config.data.ir.paths: /nonexistent/train.json: no such file"),
+    ("--config.model.hf_path=/nonexistent/model",
+     "config.model.hf_path='/nonexistent/model': no such folder"),
+    ("--config.train.batch_size=-4", "config.train.batch_size=-4: expected a positive integer"),
+])
+def test_a_fixable_error_is_one_line_and_a_hint_and_leaves_no_workdir(tmp_path, override, says):
+  workdir = tmp_path / "never_made"
+  proc = run_training(workdir, override, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "lair.train: error: the config has problems" in proc.stderr
+  if "hf_path" in override:
+    assert "hint: --config.model.hf_path must be a local Hugging Face model folder" in proc.stderr
+  assert not workdir.exists()

@@ -73,6 +73,14 @@ class _RowsBuilder(tfds.core.GeneratorBasedBuilder):
     for index, row in enumerate(self._rows_fn()):
       yield index, row
 
+  # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+  # prepared" to stdout for every build; for local files that is noise: log it instead.
+  def _log_download_bytes(self) -> None:
+    logging.info("writing array_record files to %s", self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("wrote %s", self.data_dir)
+
 
 @dataclasses.dataclass
 class BuiltStream:

@@ -47,8 +47,15 @@ def make_searcher(config: ml_collections.ConfigDict) -> evaluators.Searcher:
   return searcher
 
 
-def format_table(results: Mapping[str, float]) -> str:
-  """One block per set: rows are metrics, columns the groups (languages) then "mean"."""
+TABLE_WIDTH = 100  # Columns a table may take; wider ones wrap their language columns.
+
+
+def format_table(results: Mapping[str, float], width: int = TABLE_WIDTH) -> str:
+  """One block per set: rows are metrics, columns the groups (languages) then "mean".
+
+  A set with more groups than fit in `width` columns (Tatoeba's 112 languages) is printed in
+  several blocks of columns, each with the metric names, so every line fits.
+  """
   blocks = {}  # set -> metric -> group -> value, in first-seen order.
   for key, value in results.items():
     set_name, metric, group = key.rsplit("/", 2)
@@ -57,11 +64,14 @@ def format_table(results: Mapping[str, float]) -> str:
   for set_name, rows in blocks.items():
     groups = [g for g in dict.fromkeys(g for r in rows.values() for g in r) if g != "mean"]
     columns = groups + ["mean"]
-    width = max([len(set_name)] + [len(m) + 2 for m in rows])
-    lines.append(f"{set_name:<{width}}" + "".join(f"{c:>9}" for c in columns))
-    for metric, values in rows.items():
-      cells = "".join(f"{values[c]:9.4f}" if c in values else " " * 9 for c in columns)
-      lines.append(f"  {metric:<{width - 2}}{cells}")
+    label = max([len(set_name)] + [len(m) + 2 for m in rows])
+    per_line = max(1, (width - label) // 9)
+    for start in range(0, len(columns), per_line):
+      chunk = columns[start:start + per_line]
+      lines.append(f"{set_name:<{label}}" + "".join(f"{c:>9}" for c in chunk))
+      for metric, values in rows.items():
+        cells = "".join(f"{values[c]:9.4f}" if c in values else " " * 9 for c in chunk)
+        lines.append(f"  {metric:<{label - 2}}{cells}")
   return "\n".join(lines)
 
 

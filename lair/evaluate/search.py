@@ -3,8 +3,12 @@
 Both paths return `(scores [Q, k] float32, ids [Q, k] int64)`, best first. Embeddings are L2
 normalised by the retriever, so the inner product is the cosine.
 """
+import contextlib
 import functools
 import math
+import os
+import sys
+import tempfile
 from typing import Optional, Tuple
 
 from absl import logging
@@ -94,16 +98,39 @@ def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
   logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
   # Unit-norm rows (normalised retrievers) partition better with spherical k-means.
   spherical = bool(np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-3))
-  searcher = (
-      scann_ops_pybind.builder(db, k, "dot_product")
-      .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
-            training_sample_size=s["training_sample_size"], spherical=spherical)
-      .score_ah(s["dimensions_per_block"],
-                anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
-      .reorder(s["reorder"])
-      .build())
+  with native_stderr_to_log():
+    searcher = (
+        scann_ops_pybind.builder(db, k, "dot_product")
+        .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
+              training_sample_size=s["training_sample_size"], spherical=spherical)
+        .score_ah(s["dimensions_per_block"],
+                  anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
+        .reorder(s["reorder"])
+        .build())
   ids, scores = searcher.search_batched(queries, final_num_neighbors=k)
   return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
+
+@contextlib.contextmanager
+def native_stderr_to_log():
+  """Sends what C++ code writes to stderr meanwhile to absl's log at debug level.
+
+  ScaNN's C++ core logs each tree build ("Size of sampled dataset ...") straight to file
+  descriptor 2 and has no switch to turn that off; lair keeps it out of the terminal.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text = captured.read().decode("utf-8", "replace").strip()
+      if text:
+        logging.debug("ScaNN: %s", text)
 
 
 def search(queries: np.ndarray, db: np.ndarray, k: int, *, method: str = "auto",
