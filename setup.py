@@ -33,6 +33,8 @@ EXTRAS = {
         "sentence-transformers==6.2.0",
         "pytrec-eval-terrier==0.5.11",
     ],
+    # Pictures of docs/results.md (scripts/plot_results.py).
+    "plots": ["matplotlib==3.11.2"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
 }
