@@ -72,6 +72,11 @@ def validate(config) -> objectives.ObjectivePlan:
   problems = (build.config_errors(config.model) + pipeline.config_errors(config, plan)
               + optim.config_errors(config.train) + sharding.config_errors(config.mesh)
               + evaluators.config_errors(config.eval))
+  bad_signals = [n for n in config.train.stop_signals
+                 if not isinstance(getattr(signal, str(n), None), signal.Signals)]
+  if bad_signals:
+    problems.append(f"config.train.stop_signals={list(config.train.stop_signals)}: {bad_signals} "
+                    f"are not signal names; expected names like SIGTERM, SIGINT, SIGUSR1")
   if (not config.model.hf_path and config.tokenizer.train_files
       and int(config.tokenizer.vocab_size) <= 5):
     problems.append(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: expected more "
