@@ -70,8 +70,8 @@ def validate(config) -> objectives.ObjectivePlan:
   problems = (build.config_errors(config.model) + pipeline.config_errors(config, plan)
               + optim.config_errors(config.train) + sharding.config_errors(config.mesh)
               + evaluators.config_errors(config.eval))
-  if (not config.model.hf_path and config.tokenizer.train_files
-      and int(config.tokenizer.vocab_size) <= 5):
+  if (not config.model.hf_path and int(config.tokenizer.vocab_size) <= 5
+      and (config.tokenizer.train_files or not int(config.model.encoder.vocab_size))):
     problems.append(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: expected more "
                     f"than the 5 special tokens")
   if problems:
@@ -141,17 +141,23 @@ def make_tokenizer(config, run: workdir_lib.Workdir):
   """The tokenizer to build the model with, or None.
 
   None with model.hf_path (build_from_config loads the model's own); else the one this workdir
-  saved (a resumed run), else one trained on config.tokenizer.train_files, else None
-  (model.encoder.vocab_size must then be set; build_from_config checks).
+  saved (a resumed run), else one trained on config.tokenizer.train_files; else, when
+  model.encoder.vocab_size is 0 (take the tokenizer's), one trained on the texts of the run's
+  own training streams (pipeline.stream_texts, which builds the data caches the run then
+  reuses); else None (a model of model.encoder.vocab_size ids without a tokenizer).
   """
   if config.model.hf_path:
     return None
   if run.is_run():
     return run.read_model()[1]
+  from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
   if config.tokenizer.train_files:
-    from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
     return tokenizer_lib.train_tokenizer(list(config.tokenizer.train_files),
                                          config.tokenizer.vocab_size)
+  if not int(config.model.encoder.vocab_size):
+    return tokenizer_lib.train_tokenizer(
+        texts=pipeline.stream_texts(config, cache_dir=run.data_dir),
+        vocab_size=config.tokenizer.vocab_size)
   return None
 
 
