@@ -761,6 +761,11 @@ def read_ir_jsonl(path, *, num_negatives: int = 0,
                f"\"pos\": [str], \"neg\": [str])")
       continue
     query = clean_text(query)
+    if not query or not positives or not all(positives):
+      what = ("empty query" if not query else "no positive" if not positives
+              else "an empty positive")
+      log.skip(path, line_no, EMPTY_TEXT, what)
+      continue
     negatives = []
     if num_negatives:
       negatives = _texts_field(record, "neg")
@@ -773,11 +778,9 @@ def read_ir_jsonl(path, *, num_negatives: int = 0,
                  f"{len(negatives)} negatives, expected >= {num_negatives} "
                  f"(config.data.ir.num_negatives)")
         continue
-    if not query or not positives or not all(positives) or not all(negatives):
-      what = ("empty query" if not query else "no positive" if not positives
-              else "an empty positive" if not all(positives) else "an empty negative")
-      log.skip(path, line_no, EMPTY_TEXT, what)
-      continue
+      if not all(negatives):
+        log.skip(path, line_no, EMPTY_TEXT, "an empty negative")
+        continue
     log.keep(path)
     for passage in positives:
       yield {"query": query, "passage": passage, "negatives": list(negatives)}
