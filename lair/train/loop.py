@@ -192,6 +192,23 @@ def summarize_params(params: Any) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+# TensorBoard groups a tag's charts by what comes before its first "/"; metrics.jsonl keeps the
+# plain names. Evaluation metrics ("lareqa/map@20/deu") are grouped already; any other training
+# scalar is an objective term or a part of one ("ir", "language_identity"): "loss/...".
+_TENSORBOARD_TAGS = {
+    "loss": "loss/total", "learning_rate": "optimizer/learning_rate",
+    "grad_norm": "optimizer/grad_norm", "examples_per_s": "throughput/examples_per_s",
+    "tokens_per_s": "throughput/tokens_per_s", "compiles": "train/compiles",
+    "ir_candidates": "train/ir_candidates"}
+
+
+def tensorboard_tag(name: str) -> str:
+  """The TensorBoard tag of a metrics.jsonl scalar: "ir" -> "loss/ir", "loss" -> "loss/total"."""
+  if "/" in name:
+    return name
+  return _TENSORBOARD_TAGS.get(name, f"loss/{name}")
+
+
 class MetricWriter:
   """Writes scalars to stdout, metrics.jsonl and TensorBoard (process 0 only)."""
 
@@ -225,7 +242,7 @@ class MetricWriter:
     self.jsonl.flush()
     if self.tensorboard is not None:
       for key, value in scalars.items():
-        self.tensorboard.add_scalar(key, value, step)
+        self.tensorboard.add_scalar(tensorboard_tag(key), value, step)
       self.tensorboard.flush()
 
   def close(self) -> None:
