@@ -108,12 +108,16 @@ class Retriever:
     return out
 
   def identity(self) -> dict:
-    """JSON-able: where the model came from, its RetrieverConfig and how it embeds texts."""
-    return {"source": dict(self.source), "retriever": dataclasses.asdict(self.rcfg),
+    """JSON-able: where the model came from, its RetrieverConfig and how it embeds texts.
+
+    As JSON reads it back (lists, not tuples), so an index built here and one loaded from disk
+    record the same identity.
+    """
+    return _as_json({"source": dict(self.source), "retriever": dataclasses.asdict(self.rcfg),
             "dim": self.dim, "query_prefix": self.query_prefix,
             "passage_prefix": self.passage_prefix, "max_query_len": int(self.max_query_len),
             "max_passage_len": int(self.max_passage_len), "batch_size": int(self.batch_size),
-            "buckets": [int(b) for b in self.buckets]}
+            "buckets": [int(b) for b in self.buckets]})
 
 
 def _settings(config: ml_collections.ConfigDict) -> dict:
