@@ -41,6 +41,7 @@ import time
 from typing import Iterable, Optional, Sequence, Union
 
 from absl import flags
+import jax
 import ml_collections
 import numpy as np
 
@@ -48,6 +49,7 @@ from lair import cli
 from lair import configs
 from lair import files
 from lair import inference
+from lair import sharding
 from lair.data import readers
 from lair.errors import ConfigError
 from lair.errors import UserError
@@ -208,7 +210,8 @@ def build_index(retriever: inference.Retriever, docs: Iterable[Union[str, dict]]
           "model": retriever.identity(), "embed_seconds": round(seconds, 3)}
   index = Index(embeddings, docs, info, searcher=searcher, folder=folder, retriever=retriever)
   if folder is not None:
-    files.replace_folder(folder, lambda tmp: _write(index, tmp))
+    if jax.process_index() == 0:  # Every host embedded the same corpus; one writes it.
+      files.replace_folder(folder, lambda tmp: _write(index, tmp))
     index.folder = os.path.abspath(folder)
   return index
 
@@ -326,6 +329,7 @@ def main(argv) -> None:
   check_out_folder(fv.out, fv.overwrite)
   docs, skipped = read_corpus_flags(fv.corpus, fv.corpus_format, fv.language)
   print(f"corpus: {len(docs)} documents, skipped {skipped or 'none'}", flush=True)
+  sharding.initialize_distributed()  # Several hosts (LAIR_COORDINATOR...) embed it together.
   retriever = inference.from_flags(fv, config)
   index = build_index(retriever, docs, fv.out, method=fv.search,
                       exact_below=int(config.eval.exact_below), scann_config=config.eval.scann,

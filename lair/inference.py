@@ -113,11 +113,12 @@ class Retriever:
     As JSON reads it back (lists, not tuples), so an index built here and one loaded from disk
     record the same identity.
     """
-    return _as_json({"source": dict(self.source), "retriever": dataclasses.asdict(self.rcfg),
-            "dim": self.dim, "query_prefix": self.query_prefix,
-            "passage_prefix": self.passage_prefix, "max_query_len": int(self.max_query_len),
-            "max_passage_len": int(self.max_passage_len), "batch_size": int(self.batch_size),
-            "buckets": [int(b) for b in self.buckets]})
+    return _as_json({
+        "source": dict(self.source), "retriever": dataclasses.asdict(self.rcfg),
+        "dim": self.dim, "query_prefix": self.query_prefix,
+        "passage_prefix": self.passage_prefix, "max_query_len": int(self.max_query_len),
+        "max_passage_len": int(self.max_passage_len), "batch_size": int(self.batch_size),
+        "buckets": [int(b) for b in self.buckets]})
 
 
 def _settings(config: ml_collections.ConfigDict) -> dict:

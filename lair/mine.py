@@ -34,12 +34,14 @@ import time
 from typing import Iterable, Optional, Sequence
 
 from absl import flags
+import jax
 
 from lair import cli
 from lair import configs
 from lair import files
 from lair import index as index_lib
 from lair import inference
+from lair import sharding
 from lair.data import readers
 from lair.errors import ConfigError
 from lair.errors import UserError
@@ -194,6 +196,7 @@ def main(argv) -> None:
   print(f"training set: {len(examples)} queries, "
         f"{sum(len(p) for _, p in examples)} positives, skipped {skipped or 'none'}", flush=True)
   start = time.time()
+  sharding.initialize_distributed()  # Several hosts (LAIR_COORDINATOR...) embed together.
   if fv.index:
     index = index_lib.load_index(fv.index)
     if inference.model_named(fv):
@@ -212,7 +215,8 @@ def main(argv) -> None:
   if not mined:
     raise UserError(f"no query got {fv.num_negatives} negatives from {pool}",
                     hint="lower --num_negatives or --skip_top, or raise --depth")
-  write_mined(fv.out, mined, fmt)
+  if jax.process_index() == 0:  # Every host mined the same rows; one writes them.
+    write_mined(fv.out, mined, fmt)
   print(f"mined {fv.num_negatives} negatives for {len(mined)} queries from {pool} in "
         f"{time.time() - start:.1f} s (skipping the top {fv.skip_top}); {too_few} queries "
         f"left out with fewer within the top {fv.depth or 'few'}; wrote {fv.out} ({fmt}: train "

@@ -73,16 +73,16 @@ def _run(main, argv, capsys) -> str:
   return capsys.readouterr().out
 
 
-def _assert_same_ranking(ids, scores, ref_scores, ref_ids_by_index, k):
+def _assert_same_ranking(ids, scores, ref_scores, ref_ids_by_index, k, atol=2e-5):
   """lair's top-k (ids, scores) equals NumPy's over the reference scores; a swap of two hits
-  whose reference scores differ by less than float noise is allowed."""
+  whose reference scores differ by less than float noise (`atol`) is allowed."""
   order = np.argsort(-ref_scores, kind="stable")[:k]
   want = [ref_ids_by_index[i] for i in order]
-  np.testing.assert_allclose(scores, ref_scores[order], atol=2e-5)
+  np.testing.assert_allclose(scores, ref_scores[order], atol=atol)
   for rank, (got, expected) in enumerate(zip(ids, want)):
     if got != expected:
       gap = abs(ref_scores[order[rank]] - ref_scores[ref_ids_by_index.index(got)])
-      assert gap < 2e-5, (rank, got, expected, gap)
+      assert gap < atol, (rank, got, expected, gap)
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +254,21 @@ def test_errors_name_the_flag_or_file(built, tiny_hf, tmp_path):
 class _Flags:
   def __init__(self, **values):
     self.__dict__.update(values)
+
+
+def test_multilingual_e5_index_matches_sentence_transformers(e5_small_dir):
+  """The real encoder, a plain HF folder: mean pooling, normalisation and e5's prefixes."""
+  from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+  from lair import configs  # pylint: disable=g-import-not-at-top
+  config = configs.default_config()
+  config.model.query_prefix, config.model.passage_prefix = "query: ", "passage: "
+  docs = [d for spec in CORPUS for d in list(api.read_corpus(spec))[:40]]
+  index = api.build_index(api.load_retriever(str(e5_small_dir), config=config), docs)
+  model = SentenceTransformer(str(e5_small_dir), device="cpu")  # Mean pooling by default.
+  d = model.encode([x["text"] for x in docs], prompt="passage: ", normalize_embeddings=True)
+  q = model.encode(QUERIES, prompt="query: ", normalize_embeddings=True)
+  np.testing.assert_allclose(index.embeddings, d, atol=1e-4)
+  ids = [x["id"] for x in docs]
+  for hits, vector in zip(index.search(QUERIES, k=10), q):
+    _assert_same_ranking([h.id for h in hits], [h.score for h in hits], d @ vector, ids, 10,
+                         atol=1e-4)
