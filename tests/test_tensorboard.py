@@ -55,7 +55,8 @@ def test_a_run_writes_grouped_tags_and_plain_metrics_jsonl(tmp_path):
   assert set(found) == {(t, 5) for t in TAGS} | {("lareqa/map_20/deu", 10)}
   assert found[("loss/ir", 5)] == 0.5
   try:
-    from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorboard.backend.event_processing import event_accumulator
   except ImportError:
     pytest.skip("the tensorboard viewer is not installed (pip install -e '.[tb]')")
   accumulator = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
