@@ -84,6 +84,46 @@ def scann_settings(num_candidates: int, k: int,
       reorder=max(int(cfg.get("reorder", 100)), k))
 
 
+def build_scann(db: np.ndarray, k: int, cfg: Optional[ml_collections.ConfigDict] = None):
+  """(ScaNN searcher over `db` [N, D], its `scann_settings`): tree + AH + exact re-ranking.
+
+  The searcher is ScaNN's own object: `searcher.serialize(dir)` saves it and
+  `scann_ops_pybind.load_searcher(dir)` reads it back (lair.index keeps it that way).
+  """
+  from scann import scann_ops_pybind  # Imported here: only this path needs it.
+  db = np.asarray(db, np.float32)
+  s = scann_settings(db.shape[0], min(k, db.shape[0]), cfg)
+  logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
+  # Unit-norm rows (normalised retrievers) partition better with spherical k-means.
+  spherical = bool(np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-3))
+  with native_stderr_to_log():
+    searcher = (
+        scann_ops_pybind.builder(db, min(k, db.shape[0]), "dot_product")
+        .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
+              training_sample_size=s["training_sample_size"], spherical=spherical)
+        .score_ah(s["dimensions_per_block"],
+                  anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
+        .reorder(s["reorder"])
+        .build())
+  return searcher, s
+
+
+def search_scann(searcher, queries: np.ndarray, k: int, *, num_candidates: int,
+                 reorder: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Top-k of `queries` [Q, D] with a `build_scann` searcher over `num_candidates` points.
+
+  At least `k` candidates are re-ranked exactly (the searcher's `reorder` or more).
+  Returns `(scores [Q, k'], ids [Q, k'])`, k' = min(k, num_candidates), best first.
+  """
+  queries = np.asarray(queries, np.float32)
+  k = min(k, num_candidates)
+  if not len(queries):
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  ids, scores = searcher.search_batched(queries, final_num_neighbors=k,
+                                        pre_reorder_num_neighbors=max(reorder, k))
+  return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+
+
 def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
                  cfg: Optional[ml_collections.ConfigDict] = None
                  ) -> Tuple[np.ndarray, np.ndarray]:
@@ -91,24 +131,8 @@ def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
 
   Args, returns: as `exact_search`; `cfg` is `config.eval.scann`.
   """
-  from scann import scann_ops_pybind  # Imported here: only this path needs it.
-  queries, db = np.asarray(queries, np.float32), np.asarray(db, np.float32)
-  k = min(k, db.shape[0])
-  s = scann_settings(db.shape[0], k, cfg)
-  logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
-  # Unit-norm rows (normalised retrievers) partition better with spherical k-means.
-  spherical = bool(np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-3))
-  with native_stderr_to_log():
-    searcher = (
-        scann_ops_pybind.builder(db, k, "dot_product")
-        .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
-              training_sample_size=s["training_sample_size"], spherical=spherical)
-        .score_ah(s["dimensions_per_block"],
-                  anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
-        .reorder(s["reorder"])
-        .build())
-  ids, scores = searcher.search_batched(queries, final_num_neighbors=k)
-  return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+  searcher, s = build_scann(db, k, cfg)
+  return search_scann(searcher, queries, k, num_candidates=db.shape[0], reorder=s["reorder"])
 
 
 @contextlib.contextmanager

@@ -77,8 +77,8 @@ def validate(config) -> objectives.ObjectivePlan:
   if bad_signals:
     problems.append(f"config.train.stop_signals={list(config.train.stop_signals)}: {bad_signals} "
                     f"are not signal names; expected names like SIGTERM, SIGINT, SIGUSR1")
-  if (not config.model.hf_path and config.tokenizer.train_files
-      and int(config.tokenizer.vocab_size) <= 5):
+  if (not config.model.hf_path and int(config.tokenizer.vocab_size) <= 5
+      and (config.tokenizer.train_files or not int(config.model.encoder.vocab_size))):
     problems.append(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: expected more "
                     f"than the 5 special tokens")
   if problems:
@@ -148,17 +148,23 @@ def make_tokenizer(config, run: workdir_lib.Workdir):
   """The tokenizer to build the model with, or None.
 
   None with model.hf_path (build_from_config loads the model's own); else the one this workdir
-  saved (a resumed run), else one trained on config.tokenizer.train_files, else None
-  (model.encoder.vocab_size must then be set; build_from_config checks).
+  saved (a resumed run), else one trained on config.tokenizer.train_files; else, when
+  model.encoder.vocab_size is 0 (take the tokenizer's), one trained on the texts of the run's
+  own training streams (pipeline.stream_texts, which builds the data caches the run then
+  reuses); else None (a model of model.encoder.vocab_size ids without a tokenizer).
   """
   if config.model.hf_path:
     return None
   if run.is_run():
     return run.read_model()[1]
+  from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
   if config.tokenizer.train_files:
-    from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
     return tokenizer_lib.train_tokenizer(list(config.tokenizer.train_files),
                                          config.tokenizer.vocab_size)
+  if not int(config.model.encoder.vocab_size):
+    return tokenizer_lib.train_tokenizer(
+        texts=pipeline.stream_texts(config, cache_dir=run.data_dir),
+        vocab_size=config.tokenizer.vocab_size)
   return None
 
 
@@ -200,6 +206,23 @@ def _duration(seconds: float) -> str:
   minutes, secs = divmod(rest, 60)
   return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else
                                                   f"{secs}s")
+
+
+# TensorBoard groups a tag's charts by what comes before its first "/"; metrics.jsonl keeps the
+# plain names. Evaluation metrics ("lareqa/map@20/deu") are grouped already; any other training
+# scalar is an objective term or a part of one ("ir", "language_identity"): "loss/...".
+_TENSORBOARD_TAGS = {
+    "loss": "loss/total", "learning_rate": "optimizer/learning_rate",
+    "grad_norm": "optimizer/grad_norm", "examples_per_s": "throughput/examples_per_s",
+    "tokens_per_s": "throughput/tokens_per_s", "compiles": "train/compiles",
+    "ir_candidates": "train/ir_candidates"}
+
+
+def tensorboard_tag(name: str) -> str:
+  """The TensorBoard tag of a metrics.jsonl scalar: "ir" -> "loss/ir", "loss" -> "loss/total"."""
+  if "/" in name:
+    return name
+  return _TENSORBOARD_TAGS.get(name, f"loss/{name}")
 
 
 class MetricWriter:
@@ -257,7 +280,7 @@ class MetricWriter:
     self.jsonl.flush()
     if self.tensorboard is not None:
       for key, value in scalars.items():
-        self.tensorboard.add_scalar(key, value, step)
+        self.tensorboard.add_scalar(tensorboard_tag(key), value, step)
       self.tensorboard.flush()
 
   def close(self) -> None:
