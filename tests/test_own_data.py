@@ -11,6 +11,7 @@ import pathlib
 import pytest
 
 from lair import configs
+from lair import objectives
 from lair import workdir as workdir_lib
 from lair.data import builders
 from lair.data import pipeline
@@ -192,9 +193,22 @@ def _config(data: dict):
   with c.unlocked():
     c.data.ir.update(dict(format="jsonl", paths=[data["ir"]], num_negatives=1))
     c.data.parallel.paths = [data["parallel"]]
-    c.loss.language_weight = 0.0  # Only the IR and parallel streams are read.
+    c.loss.language_weight = 0.0
+    c.data.mono.paths = []  # Only the IR and parallel streams are read.
     c.data.languages = ["eng", "deu"]
   return c
+
+
+def test_a_stream_the_config_names_shapes_the_tokenizer_even_with_its_loss_off(tmp_path):
+  """Runs that compare loss settings on the same files share one vocabulary: a stream whose
+  files are named counts, whatever its loss weight; one with no files does not."""
+  c = _config(_own_data(tmp_path))
+  plan = objectives.plan_objectives(c)
+  assert "mono" not in plan.streams
+  assert pipeline.named_streams(c, plan) == ("ir", "parallel")
+  with c.unlocked():
+    c.data.mono.paths = configs.load_config(str(REPO / "configs" / "quickstart.py")).data.mono.paths
+  assert pipeline.named_streams(c, objectives.plan_objectives(c)) == ("ir", "parallel", "mono")
 
 
 def test_tokenizer_trains_on_the_streams_the_run_reads(tmp_path):

@@ -7,6 +7,7 @@ through lair's readers. Every command runs as a subprocess, `python -m lair.X`.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -109,7 +110,8 @@ def test_mined_negatives_train_with_num_negatives(run):
               "--config.data.ir.num_negatives=3", "--config.train.steps=3",
               "--config.train.log_every=1", "--config.eval.sets=[]",
               "--config.loss.semantic_weight=0", "--config.loss.language_weight=0"])
-  assert "'negative_ids']\": (32, 3," in log
+  # describe_shapes: the IR stream's queries, passages and [32, 3, L] negatives.
+  assert re.search(r"\(ir 32x\d+ \+ 32x\d+ \+ 32x3x\d+", log), log
   metrics = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == [1, 2, 3]
   # Each query scores the batch's 32 positives and its 32 x 3 negatives.

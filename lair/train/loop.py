@@ -258,8 +258,11 @@ class MetricWriter:
     return (f"[{'#' * filled}{'.' * (20 - filled)}] {step}/{self.total_steps} "
             f"{_duration(time.time() - self.started)}{eta}")
 
-  def print(self, text: str) -> None:
-    """A line above the progress bar (or alone)."""
+  def print(self, text: str, *, every_process: bool = False) -> None:
+    """A line above the progress bar (or alone); every_process: also on the other hosts, for
+    lines each host's own log needs (why that process exited)."""
+    if every_process and not self.active:
+      print(text, flush=True)
     if self.active:
       if self.bar.disable:
         print(text, flush=True)
@@ -622,7 +625,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
           name = signal.Signals(stop.received).name if stop.received else "a peer's signal"
           writer.print(f"stopped by {name} at step {done}: checkpoint saved in "
                        f"{checkpoints.directory}/{done}; exiting with code {PREEMPTED_EXIT_CODE} "
-                       f"(rerun the same command to resume)")
+                       f"(rerun the same command to resume)", every_process=True)
           raise SystemExit(PREEMPTED_EXIT_CODE)
         if eval_now and done != total:
           evaluate(done)
