@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     # ScaNN publishes Linux wheels only (x86_64, aarch64); elsewhere evaluation uses exact search.
     "scann==1.4.2; platform_system == 'Linux'",
     "tensorboardX==2.6.5",
+    "tqdm==4.70.1",  # Progress bars of training, encoding and lair.index (transformers needs it too).
 ]
 
 EXTRAS = {
@@ -32,6 +33,11 @@ EXTRAS = {
         "sentence-transformers==6.2.0",
         "pytrec-eval-terrier==0.5.11",
     ],
+    # Pictures of docs/results.md (scripts/plot_results.py).
+    "plots": ["matplotlib==3.11.2"],
+    # The TensorBoard viewer: `tensorboard --logdir WORKDIR/tensorboard` (runs write events
+    # with tensorboardX, which needs no TensorFlow).
+    "tb": ["tensorboard==2.21.0"],
     "gpu": ["jax[cuda12]==0.10.2"],
     "tpu": ["jax[tpu]==0.10.2"],
 }

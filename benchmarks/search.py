@@ -80,7 +80,7 @@ def run_pool(name: str, pool: np.ndarray, queries: np.ndarray, k: int, sweep: bo
   print(f"\n{name}: pool {n:,} x {pool.shape[1]}, {len(queries)} queries, k={k}")
   print(f"  exact (JAX matmul + top-k, all cores): {exact_qps:9.1f} queries/s", flush=True)
   s = search.scann_settings(n, k)
-  build_s, searcher = timed(search.scann_searcher, pool, k)
+  build_s, searcher = timed(lambda *a: search.build_scann(*a)[0], pool, k)
   searcher.search_batched(queries[:8], final_num_neighbors=k)  # Warm-up.
   variants = [("auto", s["num_leaves_to_search"], s["reorder"])]
   if sweep:  # The same tree and codes, other leaves / re-ranked candidates at query time.

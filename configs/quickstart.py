@@ -25,7 +25,9 @@ def get_config(arg=None):
   c = configs.default_config()
   c.seed = 0
 
-  # A small BERT trained from scratch with a tokenizer learned from the corpus itself.
+  # A small BERT trained from scratch with a tokenizer learned from the corpus itself: with
+  # tokenizer.train_files empty, from the texts of the training streams below (and so from a
+  # user's own files when the data paths are overridden).
   c.model.encoder.update(dict(
       model_type="bert", hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
       max_position_embeddings=128, hidden_dropout=0.0, attention_dropout=0.0))
@@ -41,7 +43,6 @@ def get_config(arg=None):
   c.data.max_passage_len = 32
   c.data.max_sentence_len = 32
   c.data.length_buckets = [16, 32]
-  c.tokenizer.train_files = c.data.ir.paths + c.data.parallel.paths + c.data.mono.paths
   c.tokenizer.vocab_size = 4000
 
   c.loss.tau = 0.05

@@ -59,16 +59,23 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.query_prefix = ""  # e.g. "query: " for multilingual-e5.
   c.model.passage_prefix = ""  # e.g. "passage: " for multilingual-e5.
 
-  # Tokenizer trained on the fly (from-scratch models): from these files, this many pieces.
+  # Tokenizer trained on the fly (from-scratch models: no model.hf_path, encoder.vocab_size 0):
+  # from these files, or with none listed from the texts of the run's own training streams
+  # (the rows the objectives read, as the data builders write them); this many pieces at most.
   c.tokenizer = ml_collections.ConfigDict(dict(train_files=[], vocab_size=8000))
 
   # Data. Each stream lists local files; a stream with weight 0 in `loss` is not read at all.
   c.data = ml_collections.ConfigDict()
   c.data.languages = ["eng"]  # ISO 639-3 codes; language ids index this list.
   c.data.ir = ml_collections.ConfigDict(dict(
-      format="squad",  # "squad" | "triples" | "beir"
+      # "squad" (SQuAD JSON) | "triples" (query<TAB>positive<TAB>negatives... TSV) | "beir"
+      # (folders; their train qrels) | "jsonl" ({"query": str, "pos": [str], "neg": [str]} per
+      # line: FlagEmbedding's and sentence-transformers' format, and what lair.mine writes).
+      format="squad",
       paths=[],
       squad_target="sentence",  # "sentence" (the answer's sentence) | "paragraph"
+      # Hard negatives per query ("triples" and "jsonl"): the first K of each row; a row with
+      # fewer is a counted skip.
       num_negatives=0,
       language="eng"))  # The IR text's language (ISO 639-3; "" if mixed): z of the language loss.
   c.data.parallel = ml_collections.ConfigDict(dict(
@@ -280,7 +287,8 @@ def _explain(error: Exception, argv: Sequence[str]) -> str:
 
 
 def parse_command_line(argv: Sequence[str], define_flags: Callable[[flags.FlagValues], None],
-                       *, default_config_file: Optional[str] = None
+                       *, default_config_file: Optional[str] = None,
+                       positional: Optional[list] = None
                        ) -> tuple[Optional[ml_collections.ConfigDict], flags.FlagValues]:
   """Parses `argv` (argv[0] is the program) with config_flags: (config, the other flags).
 
@@ -288,6 +296,8 @@ def parse_command_line(argv: Sequence[str], define_flags: Callable[[flags.FlagVa
     argv: the command line, e.g. sys.argv.
     define_flags: defines the program's own absl flags on the FlagValues it is given.
     default_config_file: used when argv has no --config= (None: then the config is None).
+    positional: a list that receives the arguments that are not flags, in order (for a
+      command that takes some, e.g. `python -m lair.search --index=DIR "a question"`).
 
   Raises:
     ConfigError naming the flag, key or file at fault.
@@ -300,7 +310,7 @@ def parse_command_line(argv: Sequence[str], define_flags: Callable[[flags.FlagVa
                                   flag_values=flag_values, sys_argv=argv)
   define_flags(flag_values)
   try:
-    flag_values(argv)
+    rest = flag_values(argv)
     config = flag_values.config
   except flags.UnrecognizedFlagError as e:
     raise ConfigError(f"{e}: expected {', '.join('--' + n for n in _own_flags(flag_values))} "
@@ -317,6 +327,8 @@ def parse_command_line(argv: Sequence[str], define_flags: Callable[[flags.FlagVa
   if config is not None and not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"--config={_config_argument(argv)}: get_config() returned "
                       f"{type(config).__name__}; expected an ml_collections.ConfigDict")
+  if positional is not None:
+    positional.extend(rest[1:])
   return config, flag_values
 
 

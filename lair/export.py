@@ -20,6 +20,7 @@ from absl import flags
 from lair import checkpoint
 from lair import cli
 from lair import configs
+from lair import sharding
 from lair import workdir as workdir_lib
 from lair.errors import ConfigError
 from lair.models import hf
@@ -69,6 +70,10 @@ def main(argv) -> None:
   config, fv = configs.parse_command_line(argv, define_flags, default_config_file=default)
   if not fv.workdir or not fv.out:
     raise ConfigError("--workdir=RUN_DIR and --out=DIR are required")
+  # Under a cluster every process runs launch/run.sh, so every process gets here: process 0
+  # exports (as a single process), the others leave it the folder.
+  if sharding.launcher_process_index() != 0:
+    return
   export(fv.workdir, fv.out, checkpoint.parse_step(fv.step),
          prompts={"query": config.model.query_prefix, "passage": config.model.passage_prefix},
          overwrite=fv.overwrite)

@@ -34,3 +34,17 @@ def e5_small_dir():
   if proc.returncode != 0 or not (E5_CACHE / "model.safetensors").exists():
     pytest.skip("could not build multilingual-e5-small: " + proc.stderr[-500:])
   return E5_CACHE
+
+
+# Rows of the fault-injection table (tests/test_faults.py): (fault, what lair did, anything lost).
+FAULT_TABLE = []
+
+
+def pytest_terminal_summary(terminalreporter):
+  """Prints the fault-injection table after the test run (also when every test passed)."""
+  if not FAULT_TABLE:
+    return
+  terminalreporter.section("fault injection: fault -> what lair did -> anything lost")
+  width = max(len(row[0]) for row in FAULT_TABLE)
+  for fault, did, lost in FAULT_TABLE:
+    terminalreporter.write_line(f"{fault:<{width}}  {did}  [lost: {lost}]")

@@ -10,6 +10,8 @@ so a hung collective fails the test instead of hanging CI.
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,7 +49,7 @@ def base_env(**extra):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
              PYTHON=sys.executable, JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE, **extra)
   for key in ("XLA_FLAGS", "LAIR_COORDINATOR", "LAIR_NUM_PROCESSES", "LAIR_PROCESS_ID",
-              "LAIR_DIE_AT_BATCH"):
+              "LAIR_DIE_AT_BATCH", *[k for k in env if k.startswith("SLURM_")]):
     if key not in extra:
       env.pop(key, None)
   return env
@@ -59,12 +61,13 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, str]]:
+def run_processes(commands_and_envs, out_dir: pathlib.Path,
+                  ok_codes=(0,)) -> list[tuple[int, str]]:
   """Runs the processes together; [(returncode, stdout + stderr)] in order.
 
-  When one fails (exits non-zero or prints a Python traceback) or the deadline passes, all are
-  SIGKILLed: a peer of a failed process waits in a collective for minutes, and the failed one
-  itself waits for its peers at the distributed shutdown barrier before it exits.
+  When one fails (exits with a code not in `ok_codes` or prints a Python traceback) or the
+  deadline passes, all are SIGKILLed: a peer of a failed process waits in a collective for
+  minutes, and the failed one itself waits for its peers at the distributed shutdown barrier.
   """
   out_dir.mkdir(parents=True, exist_ok=True)
   logs = [open(out_dir / f"process_{i}.log", "w+", encoding="utf-8")
@@ -75,7 +78,7 @@ def run_processes(commands_and_envs, out_dir: pathlib.Path) -> list[tuple[int, s
            for (command, env), log in zip(commands_and_envs, logs)]
   deadline = time.time() + DEADLINE_S
   while any(p.poll() is None for p in procs):
-    failed = (any(p.returncode not in (None, 0) for p in procs)
+    failed = (any(p.returncode not in (None, *ok_codes) for p in procs)
               or any("Traceback (most recent call last)" in printed(log) for log in logs))
     if failed or time.time() > deadline:
       time.sleep(5 if failed else 0)  # Let a failing peer print its own error first.
@@ -190,7 +193,8 @@ def test_only_process_zero_writes_logs_eval_and_export(two_host_run):
   # The best evaluation's params (config.eval.select_best) were kept, and best.json written once.
   with open(workdir / "best.json", encoding="utf-8") as f:
     assert json.load(f)["step"] == STEPS
-  # launch/run.sh exports on process 0 only, from the 2-process checkpoint.
+  # Process 0 alone exports (launch/run.sh runs lair.export on both), from the 2-process
+  # checkpoint.
   assert f"exported step {STEPS} of {workdir}" in out0 and "exported" not in out1
   assert (workdir / "hf" / "model.safetensors").exists()
 
@@ -247,3 +251,140 @@ def test_killed_hosts_resume_to_the_same_params(tmp_path, reference_run):
   for _, out in results:
     assert f"resumed from {workdir / 'checkpoints'}/{killed_at}" in out
   assert_same_training(workdir, reference_run)
+
+
+# ------------------------------------------------------------------------------------------------
+# Clusters: SLURM through launch/slurm.sbatch, scheduler signals, host-sharded evaluation.
+# ------------------------------------------------------------------------------------------------
+
+QUICK = ["--config.eval.sets=[]", "--config.eval.select_best="]  # Evaluation has its own tests.
+
+FAKE_SRUN = r"""#!/usr/bin/env bash
+# Stands in for srun on one machine: starts SLURM_NTASKS copies of the command with the variables
+# srun sets in each task, waits for them, and exits with the highest status.
+set -u
+while [[ "$1" == --* ]]; do shift; done  # srun's own options.
+echo "$*" > "$FAKE_SLURM_LOG/srun_command"
+if [[ -n "${FAKE_SRUN_STATUS:-}" ]]; then exit "$FAKE_SRUN_STATUS"; fi
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NODELIST=localhost SLURM_STEP_NUM_NODES=1 \
+  SLURM_STEP_TASKS_PER_NODE=$SLURM_NTASKS setsid "$@" > "$FAKE_SLURM_LOG/task_$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || { s=$?; (( s > status )) && status=$s; }; done
+exit $status
+"""
+
+
+def _fake_slurm(tmp_path) -> dict:
+  """A PATH with fake srun / scontrol and the variables sbatch sets in the batch script."""
+  bin_dir, log_dir = tmp_path / "bin", tmp_path / "slurm_logs"
+  bin_dir.mkdir()
+  log_dir.mkdir()
+  (bin_dir / "srun").write_text(FAKE_SRUN)
+  (bin_dir / "scontrol").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log_dir}/scontrol\n')
+  for tool in ("srun", "scontrol"):
+    (bin_dir / tool).chmod(0o755)
+  return base_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_SLURM_LOG=str(log_dir),
+                  SLURM_JOB_ID=str(4000 + os.getpid() % 1000), SLURM_NTASKS="2",
+                  SLURM_JOB_NAME="lair-test", SLURM_JOB_NODELIST="localhost",
+                  JAX_COORDINATOR_PORT=str(free_port()))
+
+
+def test_sbatch_file_under_a_fake_srun_trains_like_one_process(tmp_path, reference_run):
+  """launch/slurm.sbatch run as sbatch would, srun replaced by a local stand-in: 2 tasks with
+  only SLURM_* variables (no LAIR_*) find each other through JAX's SLURM detection, train, and
+  end with the params of the 1-process, 2-device run; process 0 exports."""
+  env = _fake_slurm(tmp_path)
+  workdir = tmp_path / "slurm_run"
+  command = ["bash", str(REPO / "launch" / "slurm.sbatch"), f"--config={CONFIG}:{STEPS}",
+             *OVERRIDES, f"--config.data.cache_dir={reference_run / 'data'}"]
+  [(rc, out)] = run_processes([(command, dict(env, LAIR_WORKDIR=str(workdir)))],
+                              tmp_path / "sbatch")
+  tasks = [(tmp_path / "slurm_logs" / f"task_{i}.log").read_text() for i in range(2)]
+  assert rc == 0, out + "\n".join(t[-3000:] for t in tasks)
+  for i, task in enumerate(tasks):
+    assert f"cluster: slurm; process {i} of 2" in task, task[-3000:]
+  assert "launch/run.sh" in (tmp_path / "slurm_logs" / "srun_command").read_text()
+  assert_same_training(workdir, reference_run)
+  assert (workdir / "hf" / "model.safetensors").exists()
+  assert not (tmp_path / "slurm_logs" / "scontrol").exists()  # Finished: nothing requeued.
+
+
+def test_sbatch_file_requeues_a_run_stopped_by_a_signal(tmp_path):
+  env = dict(_fake_slurm(tmp_path), FAKE_SRUN_STATUS="75", LAIR_WORKDIR=str(tmp_path / "w"))
+  proc = subprocess.run(["bash", str(REPO / "launch" / "slurm.sbatch")], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 75, proc.stdout + proc.stderr
+  assert (tmp_path / "slurm_logs" / "scontrol").read_text().split() == [
+      "requeue", env["SLURM_JOB_ID"]]
+
+
+@pytest.mark.parametrize("signalled", ["1", "0,1"])
+def test_stop_signal_saves_one_step_on_every_host_and_resumes_exactly(tmp_path, reference_run,
+                                                                       signalled):
+  """SIGTERM to one host (or both) when batch 6 is asked for: both finish step 6, agree, save
+  checkpoint 7 and exit 75; the same command then resumes and ends like an unbroken run (the
+  resume is checked once, after the signal to one host: what it restores is the same)."""
+  workdir = tmp_path / "stopped"
+  script = REPO / "tests" / "train_and_signal.py"
+  flags = [*QUICK, f"--config.data.cache_dir={reference_run / 'data'}"]
+  commands = multihost_commands(workdir, free_port(), *flags, script=script)
+  for _, env in commands:
+    env.update(LAIR_SIGNAL_AT_BATCH="6", LAIR_SIGNAL_PROCESSES=signalled)
+  results = run_processes(commands, tmp_path / "stopped_logs", ok_codes=(0, 75))
+  assert [rc for rc, _ in results] == [75, 75], describe(results)
+  for i, (_, out) in enumerate(results):
+    cause = "SIGTERM" if str(i) in signalled.split(",") else "a peer's signal"
+    assert f"stopped by {cause} at step 7: checkpoint saved" in out, out[-3000:]
+  assert checkpoint_lib.Checkpoints(str(workdir / "checkpoints")).latest_step() == 7
+  if signalled != "1":
+    return
+  commands = multihost_commands(workdir, free_port(), *flags, script=script)
+  for _, env in commands:
+    env.update(LAIR_SIGNAL_AT_BATCH=str(10**6))
+  results = run_processes(commands, tmp_path / "resumed_logs")
+  assert [rc for rc, _ in results] == [0, 0], describe(results)
+  assert all(f"resumed from {workdir / 'checkpoints'}/7" in out for _, out in results)
+  assert_same_training(workdir, reference_run)
+
+
+def _embedded_counts(outputs) -> list[int]:
+  counts = []
+  for out in outputs:
+    match = re.search(r"evaluation: process \d+ of \d+ embedded (\d+) texts", out)
+    assert match, out[-3000:]
+    counts.append(int(match[1]))
+  return counts
+
+
+def test_host_sharded_evaluation_equals_one_process(tmp_path, reference_run):
+  """`lair.evaluate --workdir` on 2 hosts: each embeds its own half of the quickstart's LAReQA
+  and Tatoeba texts, and the metrics equal the 1-process evaluation to 1e-5."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  sets = f"--config.eval.sets={[dict(s) for s in quickstart.get_config().eval.sets]!r}"
+  outputs, results = {}, {}
+  for hosts in (1, 2):
+    workdir = tmp_path / f"eval_{hosts}"
+    shutil.copytree(reference_run, workdir, ignore=shutil.ignore_patterns("eval", "logs"))
+    command = [sys.executable, "-m", "lair.evaluate", f"--workdir={workdir}", sets,
+               "--config.eval.search=exact"]
+    port = free_port()
+    commands = [(command, base_env(**({} if hosts == 1 else dict(
+        LAIR_COORDINATOR=f"127.0.0.1:{port}", LAIR_NUM_PROCESSES="2", LAIR_PROCESS_ID=str(i)))))
+                for i in range(hosts)]
+    started = time.time()
+    runs = run_processes(commands, tmp_path / f"eval_logs_{hosts}")
+    print(f"evaluation with {hosts} process(es): {time.time() - started:.1f}s")
+    assert [rc for rc, _ in runs] == [0] * hosts, describe(runs)
+    outputs[hosts] = [out for _, out in runs]
+    with open(workdir / "eval" / f"step_{STEPS}.json", encoding="utf-8") as f:
+      results[hosts] = json.load(f)["metrics"]
+  assert results[1].keys() == results[2].keys() and len(results[1]) > 20
+  for key, value in results[1].items():
+    np.testing.assert_allclose(results[2][key], value, rtol=1e-5, atol=1e-5, err_msg=key)
+  [total] = _embedded_counts(outputs[1])
+  halves = _embedded_counts(outputs[2])
+  assert sum(halves) == total and abs(halves[0] - halves[1]) <= 4, (total, halves)

@@ -258,3 +258,56 @@ def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
   (workdir / "config.json").unlink()
   with pytest.raises(FileNotFoundError, match=rf"{workdir / 'config.json'} not found"):
     export.export(str(workdir), str(tmp_path / "out"), step=40)
+
+
+def test_stop_signal_saves_exits_75_and_the_rerun_resumes_exactly(tmp_path, unbroken_run,
+                                                                  cache):
+  """SIGTERM when batch 22 is asked for, and again while the checkpoint it asked for is being
+  written: step 22 finishes, checkpoint 23 is saved whole, the exit code is 75, and the same
+  command resumes from 23 and ends with the unbroken run's params, bit for bit."""
+  workdir = tmp_path / "stopped"
+  command = train_command(workdir, cache)
+  command[1:3] = [str(REPO / "tests" / "train_and_signal.py")]
+  proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env=dict(env(), LAIR_SIGNAL_AT_BATCH="22", LAIR_SIGNAL_AGAIN_IN_SAVE="1"))
+  assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "received SIGTERM: stopping after this step" in proc.stdout
+  assert "received SIGTERM again: still saving" in proc.stdout
+  assert f"stopped by SIGTERM at step 23: checkpoint saved in {workdir / 'checkpoints'}/23" in (
+      proc.stdout)
+  assert checkpoints(workdir).latest_step() == 23
+  resumed = run_training(workdir, cache)
+  assert f"resumed from {workdir / 'checkpoints'}/23" in resumed.stdout
+  step, params = final_params(workdir)
+  _, ref_params = final_params(unbroken_run)
+  assert step == STEPS
+  jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+
+
+def test_a_short_run_prints_no_preparation_lines_native_logs_or_tracebacks(tmp_path):
+  # A fresh data cache, so the tfds builds (which print by default) happen in this run.
+  proc = run_training(tmp_path / "quiet", f"--config.data.cache_dir={tmp_path / 'cache'}",
+                      "--config.eval.sets=[]", "--config.eval.select_best=", steps=3)
+  printed = proc.stdout + proc.stderr
+  for noise in ("Downloading and preparing", "Subsequent calls will reuse", "Traceback",
+                "I0000", "Some weights of"):
+    assert noise not in printed, (noise, printed[-3000:])
+  assert "data ir: 1500 rows" in proc.stdout and "[####################] 3/3" in proc.stdout
+
+
+@pytest.mark.parametrize("override, says", [
+    ("--config.data.ir.paths=/nonexistent/train.json",
+     "config.data.ir.paths: /nonexistent/train.json: no such file"),
+    ("--config.model.hf_path=/nonexistent/model",
+     "config.model.hf_path='/nonexistent/model': no such folder"),
+    ("--config.train.batch_size=-4", "config.train.batch_size=-4: expected a positive integer"),
+])
+def test_a_fixable_error_is_one_line_and_a_hint_and_leaves_no_workdir(tmp_path, override, says):
+  workdir = tmp_path / "never_made"
+  proc = run_training(workdir, override, check=False)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "lair.train: error: the config has problems" in proc.stderr
+  if "hf_path" in override:
+    assert "hint: --config.model.hf_path must be a local Hugging Face model folder" in proc.stderr
+  assert not workdir.exists()

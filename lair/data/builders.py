@@ -13,7 +13,7 @@ directly); and tfds's lookup of the builder's source folder through the
 One builder per stream, fed by the readers in `lair/data/readers.py`:
 
 * `build_ir(config, cache_dir)`: `{"query", "passage", "negatives"?}` from
-  config.data.ir (SQuAD JSON, triples TSV or BEIR folders).
+  config.data.ir (SQuAD JSON, triples TSV, BEIR folders or `{"query", "pos", "neg"}` JSONL).
 * `build_parallel(config, cache_dir)`: `{"src", "tgt", "src_lang", "tgt_lang"}`
   from config.data.parallel (`source eng xxx` TSVs or aligned file pairs).
 * `build_mono(config, cache_dir)`: `{"text", "lang"}` from config.data.mono.
@@ -72,6 +72,14 @@ class _RowsBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self) -> Iterator[tuple[int, dict]]:
     for index, row in enumerate(self._rows_fn()):
       yield index, row
+
+  # tfds prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+  # prepared" to stdout for every build; for local files that is noise: log it instead.
+  def _log_download_bytes(self) -> None:
+    logging.info("writing array_record files to %s", self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("wrote %s", self.data_dir)
 
 
 @dataclasses.dataclass
@@ -162,7 +170,7 @@ def _text():
   return tfds.features.Text()
 
 
-IR_FORMATS = ("squad", "triples", "beir")
+IR_FORMATS = readers.IR_FORMATS
 PARALLEL_FORMATS = ("tsv", "aligned")
 
 
@@ -192,9 +200,10 @@ def config_errors(config, stream: str) -> list[str]:
       errors.append(f"config.data.ir.squad_target={data.ir.squad_target!r}: expected one of "
                     f"{readers.SQUAD_TARGETS}")
     k = int(data.ir.num_negatives)
-    if k < 0 or (k and data.ir.format != "triples"):
+    if k < 0 or (k and data.ir.format not in readers.IR_FORMATS_WITH_NEGATIVES):
       errors.append(f"config.data.ir.num_negatives={k}: expected 0, or > 0 with "
-                    f"config.data.ir.format='triples' (not {data.ir.format!r})")
+                    f"config.data.ir.format in {readers.IR_FORMATS_WITH_NEGATIVES} (not "
+                    f"{data.ir.format!r})")
     if not data.ir.paths:
       errors.append("config.data.ir.paths is empty, but the objectives read the 'ir' stream")
   elif stream == "parallel":
@@ -229,18 +238,14 @@ def build_ir(config, cache_dir: str) -> BuiltStream:
   _check(config, "ir")
   ir = config.data.ir
   k = int(ir.num_negatives)
-  read = {
-      "squad": lambda p, log: readers.read_squad(p, target=ir.squad_target, log=log),
-      "triples": lambda p, log: readers.read_triples(p, num_negatives=k, log=log),
-      "beir": lambda p, log: readers.read_beir_pairs(p, split="train", log=log),
-  }[ir.format]
   spec = {"query": _text(), "passage": _text()}
   if k:
     spec["negatives"] = tfds.features.Sequence(_text(), length=k)
 
   def rows(log):
     for path in ir.paths:
-      for row in read(path, log):
+      for row in readers.read_ir(path, format=ir.format, squad_target=ir.squad_target,
+                                 num_negatives=k, log=log):
         if not k:
           row = {"query": row["query"], "passage": row["passage"]}
         yield row

@@ -27,7 +27,7 @@ field in the *global* batch: every host pads to the same length, which
 whole global batch (cheap next to the model) and keeps its slice.
 """
 import functools
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -83,6 +83,54 @@ _BATCH_SIZE_KEY = {"ir": "batch_size", "parallel": "parallel_batch_size",
                    "mono": "mono_batch_size"}
 
 
+def build_streams(config, cache_dir: Optional[str],
+                  streams: Sequence[str]) -> dict[str, builders.BuiltStream]:
+  """{name: BuiltStream} of `streams`, built (or reused) under config.data.cache_dir or
+  `cache_dir`."""
+  cache_dir = config.data.cache_dir or cache_dir
+  if not cache_dir:
+    raise ValueError("config.data.cache_dir is empty and no cache folder was given: "
+                     "nowhere to write the array_record files")
+  return {name: _BUILD[name](config, cache_dir) for name in streams}
+
+
+# The text fields of each stream's rows (lists hold several texts: the IR negatives).
+_TEXT_FIELDS = {"ir": ("query", "passage", "negatives"), "parallel": ("src", "tgt"),
+                "mono": ("text",)}
+_READ_CHUNK = 4096  # Rows per random-access read of a built stream.
+
+
+def named_streams(config, plan: objectives.ObjectivePlan) -> tuple[str, ...]:
+  """The plan's streams and every other stream whose data config.data names."""
+  data = config.data
+  named = {"ir": bool(data.ir.paths), "parallel": bool(data.parallel.paths),
+           "mono": bool(data.mono.paths) or bool(data.mono.get("from_parallel", 0))}
+  return tuple(s for s in STREAMS if s in plan.streams or named[s])
+
+
+def stream_texts(config, *, cache_dir: Optional[str] = None,
+                 plan: Optional[objectives.ObjectivePlan] = None) -> Iterator[str]:
+  """Every text of the run's data, in a fixed order: what a tokenizer trained on the fly learns.
+
+  The rows of every stream the config names data for (`named_streams`: a stream whose loss
+  weight is 0 too, so that runs comparing loss settings on the same data share one
+  tokenizer), as the builders write them (the caches TrainBatches then reuses), so caps,
+  held-out rows and skipped lines are those of training: IR queries, passages and negatives;
+  both sides of the parallel pairs; the monolingual sentences.
+  """
+  streams = named_streams(config, plan or objectives.plan_objectives(config))
+  for name, built in build_streams(config, cache_dir, streams).items():
+    source = built.source
+    for start in range(0, len(source), _READ_CHUNK):
+      for row in source.__getitems__(list(range(start, min(start + _READ_CHUNK, len(source))))):
+        for field in _TEXT_FIELDS[name]:
+          value = row.get(field)
+          if value is None:
+            continue
+          for text in ([value] if isinstance(value, (bytes, str)) else list(value)):
+            yield _decode(text)
+
+
 @functools.lru_cache(maxsize=8)  # A step reuses its epoch's permutation (read-only).
 def epoch_permutation(seed: int, stream: str, epoch: int, num_rows: int) -> np.ndarray:
   """The order [num_rows] in which `stream` visits its rows in `epoch`."""
@@ -129,10 +177,6 @@ class TrainBatches:
     self.seed = int(seed)
     self.process_index, self.process_count = int(process_index), int(process_count)
     self.streams = list((plan or objectives.plan_objectives(config)).streams)
-    cache_dir = config.data.cache_dir or cache_dir
-    if not cache_dir:
-      raise ValueError("config.data.cache_dir is empty and no cache folder was given: "
-                       "nowhere to write the array_record files")
     self.global_batch = {}
     for name in self.streams:
       size = int(config.train[_BATCH_SIZE_KEY[name]])
@@ -140,7 +184,7 @@ class TrainBatches:
         raise ValueError(f"config.train.{_BATCH_SIZE_KEY[name]}={size}: expected a positive "
                          f"multiple of the process count {self.process_count}")
       self.global_batch[name] = size
-    built = {name: _BUILD[name](config, cache_dir) for name in self.streams}
+    built = build_streams(config, cache_dir, self.streams)
     self._sources = {name: b.source for name, b in built.items()}
     self.stats = {name: b.stats for name, b in built.items()}
     self._tokenize = Tokenize(tokenizer, config.data.length_buckets)

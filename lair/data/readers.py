@@ -3,8 +3,10 @@
 Training readers yield dict rows, one per usable example:
 
 * IR: `{"query": str, "passage": str, "negatives": [str] * K}` from SQuAD JSON
-  (`read_squad`), MS MARCO-style triples TSV (`read_triples`) and BEIR folders
-  (`read_beir_pairs`).
+  (`read_squad`), MS MARCO-style triples TSV (`read_triples`), BEIR folders
+  (`read_beir_pairs`) and JSONL `{"query", "pos": [...], "neg": [...]}`, the format of
+  FlagEmbedding and sentence-transformers users (`read_ir_jsonl`); `read_ir` picks one by
+  config.data.ir.format.
 * Parallel: `{"src": str, "tgt": str, "src_lang": int, "tgt_lang": int}` from a
   `source eng xxx` TSV (`read_parallel_tsv`) or a line-aligned file pair
   (`read_aligned`). Language ids index the `languages` list (config.data.languages).
@@ -12,6 +14,10 @@ Training readers yield dict rows, one per usable example:
 
 Evaluation readers return whole sets: `read_lareqa` (XQuAD-R / LAReQA JSON),
 `read_tatoeba` (a line-aligned pair) and `read_beir` (corpus, queries, qrels).
+
+Corpora to index (`python -m lair.index`) are read by `read_corpus` into documents
+`{"id": str, "text": str, "lang": str}` from JSONL (`{"id", "text"}`, BEIR's `corpus.jsonl`
+with `_id` and `title`, an optional `lang`), TSV `id<TAB>text`, or plain lines.
 
 Bad input (a malformed line, a missing column, an empty text, an unknown language
 code, a SQuAD answer that is not in its context) goes through a `SkipLog`: it is
@@ -39,6 +45,8 @@ ANSWER_NOT_IN_CONTEXT = "answer_not_in_context"
 UNKNOWN_ID = "unknown_id"  # BEIR qrels naming a query or document that is not there.
 NOT_UTF8 = "not_utf8"  # A line whose bytes are not UTF-8.
 HEADER = "header"  # A first line of column names in a file that has none by format.
+TOO_FEW_NEGATIVES = "too_few_negatives"  # An IR row with fewer negatives than asked for.
+DUPLICATE_ID = "duplicate_id"  # A corpus document whose id an earlier one has.
 
 # Only this many warnings per (file, reason) are logged one by one; the rest are counted.
 _MAX_WARNINGS_PER_REASON = 20
@@ -606,8 +614,11 @@ class BeirSet:
   qrels: dict[str, dict[str, int]]
 
 
-def _read_jsonl(path, log: SkipLog, text_keys: Sequence[str]) -> Iterator[tuple[str, dict]]:
-  """(`_id`, record) of a BEIR jsonl file; a record without `_id` or text is skipped."""
+def json_lines(path, log: SkipLog) -> Iterator[tuple[int, dict]]:
+  """(line number, object) of each line of a JSONL file that is a JSON object.
+
+  An empty line is an `empty_text` skip; a line that is not JSON, or not an object, `malformed`.
+  """
   for line_no, line in read_lines(path, log):
     if line is None:
       continue
@@ -619,7 +630,16 @@ def _read_jsonl(path, log: SkipLog, text_keys: Sequence[str]) -> Iterator[tuple[
     except json.JSONDecodeError as e:
       log.skip(path, line_no, MALFORMED, f"not JSON: {e.msg}")
       continue
-    if not isinstance(record, dict) or "_id" not in record:
+    if not isinstance(record, dict):
+      log.skip(path, line_no, MALFORMED, f"a JSON {type(record).__name__}, expected an object")
+      continue
+    yield line_no, record
+
+
+def _read_jsonl(path, log: SkipLog, text_keys: Sequence[str]) -> Iterator[tuple[str, dict]]:
+  """(`_id`, record) of a BEIR jsonl file; a record without `_id` or text is skipped."""
+  for line_no, record in json_lines(path, log):
+    if "_id" not in record:
       log.skip(path, line_no, MISSING_COLUMN, "no '_id'")
       continue
     if not any(str(record.get(k) or "").strip() for k in text_keys):
@@ -701,3 +721,211 @@ def read_beir_pairs(folder, *, split: str = "train",
         yield {"query": beir.queries[qid], "passage": beir_passage(beir.corpus[doc_id]),
                "negatives": []}
   log.end_file(folder, "positive qrels pair")
+
+
+# ----------------------------------------------------------------------------
+# JSONL IR: {"query", "pos", "neg"} (FlagEmbedding, sentence-transformers).
+
+
+def _texts_field(record: dict, key: str) -> list | None:
+  """record[key] as a list of texts (a lone string is a list of one); None when not texts."""
+  value = record.get(key)
+  if isinstance(value, str):
+    value = [value]
+  if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+    return None
+  return [clean_text(t) for t in value]
+
+
+def read_ir_jsonl(path, *, num_negatives: int = 0,
+                  log: SkipLog | None = None) -> Iterator[dict]:
+  """IR rows `{"query", "passage", "negatives"}` from JSONL `{"query", "pos", "neg"}` lines.
+
+  The format FlagEmbedding and sentence-transformers users train with (and what
+  `python -m lair.mine` writes): "query" a string, "pos" a list of positive passages, "neg" a
+  list of negatives, hardest first (a lone string counts as a list of one; other keys, such as
+  "pos_scores" or "prompt", are ignored). Each positive gives one row, with the first
+  `num_negatives` negatives (config.data.ir.num_negatives; "neg" may be absent when it is 0).
+
+  Skips: an empty or non-JSON line, a line that is not an object (`malformed`); no "query" or
+  "pos", or one that is not text (`missing_column`); an empty query or no positive, or an
+  empty text among the positives or the negatives used (`empty_text`); fewer than
+  `num_negatives` negatives (`too_few_negatives`, as the triples reader's short rows).
+  """
+  log = _log_or_default(log)
+  for line_no, record in json_lines(path, log):
+    query, positives = record.get("query"), _texts_field(record, "pos")
+    if not isinstance(query, str) or positives is None:
+      missing = "query" if not isinstance(query, str) else "pos"
+      log.skip(path, line_no, MISSING_COLUMN, f"no {missing!r} text (expected \"query\": str, "
+               f"\"pos\": [str], \"neg\": [str])")
+      continue
+    query = clean_text(query)
+    if not query or not positives or not all(positives):
+      what = ("empty query" if not query else "no positive" if not positives
+              else "an empty positive")
+      log.skip(path, line_no, EMPTY_TEXT, what)
+      continue
+    negatives = []
+    if num_negatives:
+      negatives = _texts_field(record, "neg")
+      if negatives is None and "neg" in record:
+        log.skip(path, line_no, MISSING_COLUMN, "'neg' is not a list of texts")
+        continue
+      negatives = (negatives or [])[:num_negatives]
+      if len(negatives) < num_negatives:
+        log.skip(path, line_no, TOO_FEW_NEGATIVES,
+                 f"{len(negatives)} negatives, expected >= {num_negatives} "
+                 f"(config.data.ir.num_negatives)")
+        continue
+      if not all(negatives):
+        log.skip(path, line_no, EMPTY_TEXT, "an empty negative")
+        continue
+    log.keep(path)
+    for passage in positives:
+      yield {"query": query, "passage": passage, "negatives": list(negatives)}
+  log.end_file(path)
+
+
+IR_FORMATS = ("squad", "triples", "beir", "jsonl")
+# Formats whose rows can carry negatives (config.data.ir.num_negatives > 0).
+IR_FORMATS_WITH_NEGATIVES = ("triples", "jsonl")
+
+
+def read_ir(path, *, format: str,  # pylint: disable=redefined-builtin
+            squad_target: str = "sentence", num_negatives: int = 0,
+            log: SkipLog | None = None) -> Iterator[dict]:
+  """IR rows `{"query", "passage", "negatives"}` of one config.data.ir.paths entry.
+
+  `format` is config.data.ir.format (IR_FORMATS); BEIR folders give their "train" qrels.
+  """
+  if format == "squad":
+    return read_squad(path, target=squad_target, log=log)
+  if format == "triples":
+    return read_triples(path, num_negatives=num_negatives, log=log)
+  if format == "beir":
+    return read_beir_pairs(path, split="train", log=log)
+  if format == "jsonl":
+    return read_ir_jsonl(path, num_negatives=num_negatives, log=log)
+  raise DataError(f"config.data.ir.format={format!r}: expected one of {IR_FORMATS}")
+
+
+# ----------------------------------------------------------------------------
+# Corpora to index: documents {"id", "text", "lang"}.
+
+CORPUS_FORMATS = ("auto", "jsonl", "tsv", "lines")
+
+
+def parse_corpus_spec(spec: str) -> tuple[str, str]:
+  """(language code or "", path) of a corpus entry: "PATH", or "xxx:PATH" for its language."""
+  spec = os.fspath(spec)
+  code, sep, path = spec.partition(":")
+  if sep and re.fullmatch(LANGUAGE_CODE, code) and path and not os.path.exists(spec):
+    return code, path
+  return "", spec
+
+
+def corpus_format(path: str, format: str = "auto") -> str:  # pylint: disable=redefined-builtin
+  """The format a corpus file is read in: "beir" (a folder), "jsonl", "tsv" or "lines".
+
+  "auto" goes by the name: a folder is a BEIR folder (its corpus.jsonl), `.jsonl` / `.json`
+  JSONL, `.tsv` TSV, anything else one document per line.
+  """
+  if format not in CORPUS_FORMATS:
+    raise DataError(f"corpus format {format!r}: expected one of {CORPUS_FORMATS}")
+  if os.path.isdir(path):
+    return "beir"
+  if format != "auto":
+    return format
+  name = str(path).lower()
+  if name.endswith((".jsonl", ".json")):
+    return "jsonl"
+  return "tsv" if name.endswith(".tsv") else "lines"
+
+
+def _corpus_jsonl(path, language: str, log: SkipLog) -> Iterator[tuple[int, dict]]:
+  """Documents of a JSONL corpus: `{"id" or "_id", "text", "title"?, "lang" or "language"?}`."""
+  for line_no, record in json_lines(path, log):
+    doc_id = record.get("id", record.get("_id"))
+    if doc_id is None or not str(doc_id).strip():
+      log.skip(path, line_no, MISSING_COLUMN, "no 'id' (or BEIR's '_id')")
+      continue
+    if not isinstance(record.get("text", ""), str) or not isinstance(record.get("title", ""),
+                                                                      str):
+      log.skip(path, line_no, MALFORMED, "'text' and 'title' must be strings")
+      continue
+    text = clean_text(beir_passage(record))
+    if not text:
+      log.skip(path, line_no, EMPTY_TEXT, "no 'text' (or 'title')")
+      continue
+    lang = record.get("lang", record.get("language")) or language
+    yield line_no, {"id": str(doc_id).strip(), "text": text, "lang": str(lang)}
+
+
+def _corpus_tsv(path, language: str, log: SkipLog) -> Iterator[tuple[int, dict]]:
+  """Documents of an `id<TAB>text` file (MS MARCO's collection.tsv); a header line is skipped."""
+  for line_no, line in read_lines(path, log):
+    if line is None:
+      continue
+    fields = line.split("\t")
+    if line_no == 1 and is_header(fields):
+      log.skip(path, line_no, HEADER, f"column names {fields}")
+      continue
+    if len(fields) != 2:
+      log.skip(path, line_no, MISSING_COLUMN if len(fields) < 2 else MALFORMED,
+               f"{len(fields)} columns, expected 2: id<TAB>text")
+      continue
+    doc_id, text = fields[0].strip(), clean_text(fields[1])
+    if not doc_id or not text:
+      log.skip(path, line_no, EMPTY_TEXT, "empty id" if not doc_id else "empty text")
+      continue
+    yield line_no, {"id": doc_id, "text": text, "lang": language}
+
+
+def _corpus_lines(path, language: str, log: SkipLog) -> Iterator[tuple[int, dict]]:
+  """One document per line, whose id is "FILE_NAME:LINE" (unique across files of other names)."""
+  name = os.path.basename(str(path))
+  for line_no, line in read_lines(path, log):
+    if line is None:
+      continue
+    text = clean_text(line)
+    if not text:
+      log.skip(path, line_no, EMPTY_TEXT, "empty line")
+      continue
+    yield line_no, {"id": f"{name}:{line_no}", "text": text, "lang": language}
+
+
+_CORPUS_READERS = {"jsonl": _corpus_jsonl, "tsv": _corpus_tsv, "lines": _corpus_lines}
+
+
+def read_corpus(specs, *, format: str = "auto",  # pylint: disable=redefined-builtin
+                language: str = "", log: SkipLog | None = None) -> Iterator[dict]:
+  """Documents `{"id", "text", "lang"}` of corpus files, in order, ids unique.
+
+  Args:
+    specs: a path or a list of them; "xxx:PATH" gives the documents of PATH the language xxx.
+      A folder is a BEIR folder (its corpus.jsonl: "title text").
+    format: "auto" (by the name, see `corpus_format`), "jsonl", "tsv" (`id<TAB>text`) or
+      "lines" (one document per line, id "FILE_NAME:LINE").
+    language: the language of documents that name none ("" when unknown).
+    log: counts the skips. Beside each format's own (malformed, missing_column, empty_text,
+      header), a document whose id an earlier one has is a `duplicate_id` skip.
+  """
+  log = _log_or_default(log)
+  seen = {}  # id -> "file:line" of its first document
+  for spec in [specs] if isinstance(specs, (str, os.PathLike)) else list(specs):
+    spec_language, path = parse_corpus_spec(spec)
+    kind = corpus_format(path, format)
+    if kind == "beir":
+      path = os.path.join(path, "corpus.jsonl")
+      kind = "jsonl"
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: corpus file not found")
+    for line_no, doc in _CORPUS_READERS[kind](path, spec_language or language, log):
+      if doc["id"] in seen:
+        log.skip(path, line_no, DUPLICATE_ID, f"id {doc['id']!r} is already {seen[doc['id']]}")
+        continue
+      seen[doc["id"]] = f"{path}:{line_no}"
+      log.keep(path)
+      yield doc
+    log.end_file(path, "document")

@@ -27,12 +27,11 @@ from absl import logging
 from lair import checkpoint
 from lair import cli
 from lair import configs
+from lair import inference
 from lair import sharding
-from lair import workdir as workdir_lib
 from lair.errors import ConfigError
 from lair.evaluate import evaluators
 from lair.evaluate import run
-from lair.models import hf
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -73,40 +72,29 @@ def flag_sets(fv: flags.FlagValues) -> list:
   return sets
 
 
-def default_config_file(argv) -> str:
-  """lair/configs.py as a config file: the run's saved config.json with --workdir, else defaults."""
-  workdir, hf_dir = configs.flag_value(argv, "workdir"), configs.flag_value(argv, "hf")
-  if workdir and not hf_dir:
-    return configs.saved_config_file(workdir_lib.Workdir(workdir).config_json)
-  return configs.__file__
-
-
 def load_model(fv: flags.FlagValues, config):
   """(params, rcfg, tokenizer, step): the --hf folder, or the --workdir run's checkpoint.
 
-  An --hf folder's own prompts fill in the query/passage prefixes that the command line left
-  unset.
+  Through lair.inference, as lair.index and lair.search load theirs; an --hf folder's prompts
+  fill in the query/passage prefixes the command line left unset.
   """
   if fv.hf:
-    loaded = hf.load_retriever(fv.hf, pooling_default=config.model.pooling,
-                               normalize_default=config.model.normalize,
-                               dtype=config.model.dtype)
+    retriever = inference.from_hf(fv.hf, config=config)
     with config.unlocked():
-      for name, key in (("query", "query_prefix"), ("passage", "passage_prefix")):
-        if not config.model[key] and loaded.prompts.get(name):
-          config.model[key] = loaded.prompts[name]
-    return loaded.params, loaded.rcfg, loaded.tokenizer, None
-  rundir = workdir_lib.Workdir(fv.workdir)
-  rcfg, tokenizer = rundir.read_model()
-  if tokenizer is None:
-    raise FileNotFoundError(f"{rundir.tokenizer_dir} not found: the run saved no tokenizer")
-  step, saved = checkpoint.restore_run_params(rundir, checkpoint.parse_step(fv.step))
-  return saved["retriever"], rcfg, tokenizer, step
+      config.model.query_prefix = retriever.query_prefix
+      config.model.passage_prefix = retriever.passage_prefix
+    step = None
+  else:
+    retriever = inference.from_run(fv.workdir, checkpoint.parse_step(fv.step), config=config)
+    step = retriever.source["step"]
+  return retriever.params, retriever.rcfg, retriever.tokenizer, step
 
 
 def main(argv) -> None:
-  config, fv = configs.parse_command_line(argv, define_flags,
-                                          default_config_file=default_config_file(argv))
+  # --workdir names the run to evaluate (its config.json is the default config), or with --hf
+  # only where the results go.
+  config, fv = configs.parse_command_line(
+      argv, define_flags, default_config_file=inference.default_config_file(argv))
   if not fv.hf and not fv.workdir:
     raise ConfigError("give --hf=DIR (an HF encoder) or --workdir=RUN_DIR (a training run)")
   logging.set_verbosity(logging.INFO)  # Progress and sentences/s of long encodes.
@@ -120,7 +108,7 @@ def main(argv) -> None:
   problems = evaluators.config_errors(config.eval)
   if problems:
     raise ConfigError("; ".join(problems))
-  sharding.initialize_distributed()
+  print(sharding.initialize_distributed(), flush=True)
   params, rcfg, tokenizer, step = load_model(fv, config)
   run.run_evaluations(config, params, rcfg, tokenizer, workdir=fv.workdir, step=step)
 

@@ -1,24 +1,26 @@
-"""Embedding lists of texts with a retriever tower, batch-sharded over every device (and host).
+"""Embedding lists of texts with a retriever tower: batched, length-sorted, split over hosts.
 
 Texts are tokenized once, sorted by length and cut into fixed-size batches padded to a length
-bucket, so the jitted embedding compiles once per bucket. Each batch is a global array sharded
-over the `data` mesh axis; every host holds the same texts, feeds its devices' rows and reads
-back the replicated `[B, D]` result, so all hosts end with the same `[N, D]` matrix.
+bucket, so the jitted embedding compiles once per bucket. With several processes each one
+embeds only its contiguous share of the texts on its own devices (a mesh of its local
+devices: no cross-host traffic per batch), and the shares are all-gathered at the end, so every
+process returns the same `[N, D]` matrix and evaluation time falls with the number of hosts.
 """
 import functools
+import sys
 import time
 from typing import Callable, Optional, Sequence
 
-from absl import logging
 import jax
 import numpy as np
 from jax.sharding import Mesh
+import tqdm
 
 from lair import sharding
 from lair.data import tokenize as tokenize_lib
 from lair.models import retriever
 
-_LOG_EVERY_S = 30.0  # Progress lines (count, sentences/s) on long encodes.
+_LOG_EVERY_S = 30.0  # Progress lines (count, sentences/s) on long encodes, off a terminal.
 
 
 def length_sorted_batches(ids: Sequence[Sequence[int]], *, batch_size: int,
@@ -52,59 +54,66 @@ def make_text_encoder(params, rcfg, tokenizer, *, batch_size: int, max_len: int,
                       prefix: str = "", tower: str = "query",
                       buckets: Sequence[int] = (16, 32, 64, 128),
                       embed_fn: Optional[Callable] = None,
-                      mesh: Optional[Mesh] = None) -> Callable[[Sequence[str]], np.ndarray]:
+                      mesh: Optional[Mesh] = None, split_over_processes: bool = True,
+                      stats: Optional[dict] = None) -> Callable[[Sequence[str]], np.ndarray]:
   """Returns `encode(texts) -> [N, D] float32`, the retriever's embeddings of `prefix + text`.
 
   Args:
-    params: retriever params (`{"encoder": ...}` or the two towers; see docs/design.md).
+    params: retriever params (`{"encoder": ...}` or the two towers; see docs/design.md); global
+      arrays of a training mesh are fine (`sharding.to_local` makes them this process's).
     rcfg: the `RetrieverConfig` the params belong to.
     tokenizer: the HF tokenizer of the encoder.
-    batch_size: global rows per step; rounded up to a multiple of the device count.
+    batch_size: rows per step on this process; rounded up to a multiple of its device count.
     max_len: token cut-off (including special tokens).
     prefix: prepended to every text (e5: "query: " / "passage: ").
     tower: "query" or "passage" (the same encoder when towers are shared).
     buckets: padded lengths; batches pad to the smallest one that fits
       (see `tokenize.bucket_lengths`).
     embed_fn: `embed(params, ids, mask, *, rcfg, tower)`; defaults to lair.models.retriever.embed.
-    mesh: a mesh with a `data` axis; defaults to all devices (`sharding.make_mesh`).
+    mesh: a mesh with a `data` axis over this process's devices (default: all of them).
+    split_over_processes: each process embeds its share of the texts (False: all of them).
+    stats: a dict whose "texts" and "seconds" this process's encodes add to.
   """
   embed_fn = embed_fn or retriever.embed
-  mesh = mesh or sharding.make_mesh()
+  mesh = mesh or sharding.make_local_mesh()
   num_shards = mesh.shape[sharding.DATA_AXIS]
   batch_size = -(-batch_size // num_shards) * num_shards
   rows_sharding, replicated = sharding.data_sharded(mesh), sharding.replicated(mesh)
-  params = jax.tree.map(
-      lambda x: x if isinstance(x, jax.Array) else jax.device_put(x, replicated), params)
+  params = jax.device_put(sharding.to_local(params), replicated)
   # The training pipeline's buckets, so evaluation pads to the same shapes.
   lengths = tokenize_lib.bucket_lengths(buckets, max_len)
   pad_id = tokenize_lib.pad_token_id(tokenizer)
+  stats = {} if stats is None else stats
 
-  def to_global(x: np.ndarray) -> jax.Array:
-    # Every host holds the whole batch; each device takes its rows.
-    return jax.make_array_from_callback(x.shape, rows_sharding, lambda index: x[index])
-
-  def encode(texts: Sequence[str]) -> np.ndarray:
+  def encode_here(texts: Sequence[str]) -> np.ndarray:
+    """[len(texts), D] on this process's devices."""
     ids = tokenize_lib.tokenize(tokenizer, texts, max_len, prefix)
-    out = None
-    start, last_log, done = time.time(), time.time(), 0
+    out = np.zeros((len(ids), rcfg.embedding_dim), np.float32)
+    start = last_log = time.time()
+    shown = jax.process_index() == 0 and len(ids) > batch_size
+    bar = tqdm.tqdm(total=len(ids), unit=" texts", leave=False, dynamic_ncols=True,
+                    disable=not (shown and sys.stderr.isatty()))
     for rows, input_ids, mask in length_sorted_batches(ids, batch_size=batch_size,
                                                        buckets=lengths, pad_id=pad_id):
-      emb = _embed_batch(params, to_global(input_ids), to_global(mask), embed_fn=embed_fn,
-                         rcfg=rcfg, tower=tower, out_sharding=replicated)
-      emb = np.asarray(emb.addressable_data(0), np.float32)
-      if out is None:
-        out = np.zeros((len(ids), emb.shape[-1]), np.float32)
-      out[rows] = emb[:len(rows)]
-      done += len(rows)
-      if time.time() - last_log > _LOG_EVERY_S:
+      emb = _embed_batch(params, jax.device_put(input_ids, rows_sharding),
+                         jax.device_put(mask, rows_sharding), embed_fn=embed_fn, rcfg=rcfg,
+                         tower=tower, out_sharding=replicated)
+      out[rows] = np.asarray(emb.addressable_data(0), np.float32)[:len(rows)]
+      bar.update(len(rows))
+      if shown and bar.disable and time.time() - last_log > _LOG_EVERY_S:
         last_log = time.time()
-        logging.info("encoded %d / %d texts (%.1f sentences/s)", done, len(ids),
-                     done / (last_log - start))
-    if out is None:
-      return np.zeros((0, getattr(rcfg, "embedding_dim", 0)), np.float32)
-    if len(ids) > batch_size:
-      logging.info("encoded %d texts in %.1fs (%.1f sentences/s)", len(ids),
-                   time.time() - start, len(ids) / max(time.time() - start, 1e-9))
+        print(f"  encoded {bar.n} / {len(ids)} texts ({bar.n / (last_log - start):.1f}/s)",
+              flush=True)
+    bar.close()
+    stats["texts"] = stats.get("texts", 0) + len(ids)
+    stats["seconds"] = stats.get("seconds", 0.0) + time.time() - start
     return out
+
+  def encode(texts: Sequence[str]) -> np.ndarray:
+    texts = list(texts)
+    if not split_over_processes:
+      return encode_here(texts)
+    start, stop = sharding.process_share(len(texts))
+    return sharding.gather_shares(encode_here(texts[start:stop]), len(texts))
 
   return encode

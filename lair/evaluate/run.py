@@ -7,6 +7,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from lair import sharding
 from lair import workdir as workdir_lib
 from lair.evaluate import encode
 from lair.evaluate import evaluators
@@ -14,11 +15,11 @@ from lair.evaluate import search
 
 
 def make_encoders(config: ml_collections.ConfigDict, params, rcfg, tokenizer,
-                  spec: Mapping) -> evaluators.Encoders:
+                  spec: Mapping, stats: Optional[dict] = None) -> evaluators.Encoders:
   """The query / passage / bitext encoders of one set, with the model's prefixes and lengths."""
   make = functools.partial(encode.make_text_encoder, params, rcfg, tokenizer,
                            batch_size=config.eval.batch_size,
-                           buckets=tuple(config.data.length_buckets))
+                           buckets=tuple(config.data.length_buckets), stats=stats)
   query_len = int(spec.get("max_len") or config.data.max_query_len)
   passage_len = int(spec.get("max_len") or config.data.max_passage_len)
   sentence_len = int(spec.get("max_len") or config.data.max_sentence_len)
@@ -30,14 +31,31 @@ def make_encoders(config: ml_collections.ConfigDict, params, rcfg, tokenizer,
 
 
 def make_searcher(config: ml_collections.ConfigDict) -> evaluators.Searcher:
-  """(queries [Q, D], db [N, D], k) -> (scores, ids) by config.eval.search."""
-  return functools.partial(search.search, method=config.eval.search,
-                           exact_below=config.eval.exact_below,
-                           scann_config=config.eval.scann)
+  """(queries [Q, D], db [N, D], k) -> (scores, ids) by config.eval.search.
+
+  Each process searches its share of the queries against the whole pool; the results are
+  gathered, so every process returns all of them.
+  """
+  def searcher(queries, db, k):
+    start, stop = sharding.process_share(len(queries))
+    scores, ids = search.search(queries[start:stop], db, k, method=config.eval.search,
+                                exact_below=config.eval.exact_below,
+                                scann_config=config.eval.scann)
+    return (sharding.gather_shares(scores, len(queries)),
+            sharding.gather_shares(ids, len(queries)))
+
+  return searcher
 
 
-def format_table(results: Mapping[str, float]) -> str:
-  """One block per set: rows are metrics, columns the groups (languages) then "mean"."""
+TABLE_WIDTH = 100  # Columns a table may take; wider ones wrap their language columns.
+
+
+def format_table(results: Mapping[str, float], width: int = TABLE_WIDTH) -> str:
+  """One block per set: rows are metrics, columns the groups (languages) then "mean".
+
+  A set with more groups than fit in `width` columns (Tatoeba's 112 languages) is printed in
+  several blocks of columns, each with the metric names, so every line fits.
+  """
   blocks = {}  # set -> metric -> group -> value, in first-seen order.
   for key, value in results.items():
     set_name, metric, group = key.rsplit("/", 2)
@@ -46,11 +64,14 @@ def format_table(results: Mapping[str, float]) -> str:
   for set_name, rows in blocks.items():
     groups = [g for g in dict.fromkeys(g for r in rows.values() for g in r) if g != "mean"]
     columns = groups + ["mean"]
-    width = max([len(set_name)] + [len(m) + 2 for m in rows])
-    lines.append(f"{set_name:<{width}}" + "".join(f"{c:>9}" for c in columns))
-    for metric, values in rows.items():
-      cells = "".join(f"{values[c]:9.4f}" if c in values else " " * 9 for c in columns)
-      lines.append(f"  {metric:<{width - 2}}{cells}")
+    label = max([len(set_name)] + [len(m) + 2 for m in rows])
+    per_line = max(1, (width - label) // 9)
+    for start in range(0, len(columns), per_line):
+      chunk = columns[start:start + per_line]
+      lines.append(f"{set_name:<{label}}" + "".join(f"{c:>9}" for c in chunk))
+      for metric, values in rows.items():
+        cells = "".join(f"{values[c]:9.4f}" if c in values else " " * 9 for c in chunk)
+        lines.append(f"  {metric:<{label - 2}}{cells}")
   return "\n".join(lines)
 
 
@@ -64,15 +85,20 @@ def run_evaluations(config: ml_collections.ConfigDict, params, rcfg, tokenizer, 
   (eval/eval.json without a step).
   """
   searcher = make_searcher(config)
-  results = {}
+  results, stats = {}, {}
+  began = time.time()
   for spec in config.eval.sets:
     spec = dict(spec)
     evaluators.check_set(spec)
     start = time.time()
-    encoders = make_encoders(config, params, rcfg, tokenizer, spec)
+    encoders = make_encoders(config, params, rcfg, tokenizer, spec, stats)
     scores = evaluators.EVALUATORS[spec["kind"]](spec, encoders, searcher, config.eval.top_k)
     logging.info("eval set %s (%s) took %.1fs", spec["name"], spec["kind"], time.time() - start)
     results.update(scores)
+  # One line per process: what it embedded of the sets, and how long the evaluation took.
+  print(f"evaluation: process {jax.process_index()} of {jax.process_count()} embedded "
+        f"{stats.get('texts', 0)} texts in {stats.get('seconds', 0.0):.1f}s; "
+        f"{time.time() - began:.1f}s in all", flush=True)
   if jax.process_index() == 0 and results:
     print(f"evaluation at step {step}:" if step is not None else "evaluation:")
     print(format_table(results), flush=True)

@@ -3,8 +3,12 @@
 Both paths return `(scores [Q, k] float32, ids [Q, k] int64)`, best first. Embeddings are L2
 normalised by the retriever, so the inner product is the cosine.
 """
+import contextlib
 import functools
 import math
+import os
+import sys
+import tempfile
 from typing import Optional, Tuple
 
 from absl import logging
@@ -84,22 +88,45 @@ def scann_settings(num_candidates: int, k: int,
       reorder=max(int(cfg.get("reorder", 300)), k))
 
 
-def scann_searcher(db: np.ndarray, k: int, cfg: Optional[ml_collections.ConfigDict] = None):
-  """A built ScaNN searcher over `db [N, D]`: tree + asymmetric hashing + exact re-ranking."""
+def build_scann(db: np.ndarray, k: int, cfg: Optional[ml_collections.ConfigDict] = None):
+  """(ScaNN searcher over `db` [N, D], its `scann_settings`): tree + AH + exact re-ranking.
+
+  The searcher is ScaNN's own object: `searcher.serialize(dir)` saves it and
+  `scann_ops_pybind.load_searcher(dir)` reads it back (lair.index keeps it that way).
+  """
   from scann import scann_ops_pybind  # Imported here: only this path needs it.
   db = np.asarray(db, np.float32)
   s = scann_settings(db.shape[0], min(k, db.shape[0]), cfg)
   logging.info("ScaNN over %d candidates: %s", db.shape[0], s)
   # Unit-norm rows (normalised retrievers) partition better with spherical k-means.
   spherical = bool(np.allclose(np.linalg.norm(db, axis=1), 1.0, atol=1e-3))
-  return (
-      scann_ops_pybind.builder(db, k, "dot_product")
-      .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
-            training_sample_size=s["training_sample_size"], spherical=spherical)
-      .score_ah(s["dimensions_per_block"],
-                anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
-      .reorder(s["reorder"])
-      .build())
+  with native_stderr_to_log():
+    searcher = (
+        scann_ops_pybind.builder(db, min(k, db.shape[0]), "dot_product")
+        .tree(num_leaves=s["num_leaves"], num_leaves_to_search=s["num_leaves_to_search"],
+              training_sample_size=s["training_sample_size"], spherical=spherical)
+        .score_ah(s["dimensions_per_block"],
+                  anisotropic_quantization_threshold=s["anisotropic_quantization_threshold"])
+        .reorder(s["reorder"])
+        .build())
+  return searcher, s
+
+
+def search_scann(searcher, queries: np.ndarray, k: int, *, num_candidates: int,
+                 reorder: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Top-k of `queries` [Q, D] with a `build_scann` searcher over `num_candidates` points.
+
+  At least `k` candidates are re-ranked exactly (the searcher's `reorder` or more).
+  Returns `(scores [Q, k'], ids [Q, k'])`, k' = min(k, num_candidates), best first.
+  """
+  queries = np.asarray(queries, np.float32)
+  k = min(k, num_candidates)
+  if not len(queries):
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  # Every core, as exact search uses them (the same results as search_batched).
+  ids, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k,
+                                                 pre_reorder_num_neighbors=max(reorder, k))
+  return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
 
 
 def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
@@ -109,12 +136,30 @@ def scann_search(queries: np.ndarray, db: np.ndarray, k: int,
 
   Args, returns: as `exact_search`; `cfg` is `config.eval.scann`.
   """
-  k = min(k, db.shape[0])
-  searcher = scann_searcher(db, k, cfg)
-  # Every core, as exact search uses them (the same results as search_batched).
-  ids, scores = searcher.search_batched_parallel(np.asarray(queries, np.float32),
-                                                 final_num_neighbors=k)
-  return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
+  searcher, s = build_scann(db, k, cfg)
+  return search_scann(searcher, queries, k, num_candidates=db.shape[0], reorder=s["reorder"])
+
+
+@contextlib.contextmanager
+def native_stderr_to_log():
+  """Sends what C++ code writes to stderr meanwhile to absl's log at debug level.
+
+  ScaNN's C++ core logs each tree build ("Size of sampled dataset ...") straight to file
+  descriptor 2 and has no switch to turn that off; lair keeps it out of the terminal.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      text = captured.read().decode("utf-8", "replace").strip()
+      if text:
+        logging.debug("ScaNN: %s", text)
 
 
 def search(queries: np.ndarray, db: np.ndarray, k: int, *, method: str = "auto",

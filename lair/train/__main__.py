@@ -23,7 +23,7 @@ def main(argv) -> None:
     raise ConfigError("--config=configs/NAME.py[:ARG] is required")
   if not flag_values.workdir:
     raise ConfigError("--workdir=DIR is required (the run directory; resumed when it holds a run)")
-  sharding.initialize_distributed()
+  print(sharding.initialize_distributed(), flush=True)
   loop.train(config, flag_values.workdir)
 
 

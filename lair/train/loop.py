@@ -24,9 +24,11 @@ import threading
 import time
 from typing import Any, Iterator, Mapping, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from lair import checkpoint as checkpoint_lib
 from lair import errors
@@ -71,8 +73,13 @@ def validate(config) -> objectives.ObjectivePlan:
   problems = (build.config_errors(config.model) + pipeline.config_errors(config, plan)
               + optim.config_errors(config.train) + sharding.config_errors(config.mesh)
               + evaluators.config_errors(config.eval))
-  if (not config.model.hf_path and config.tokenizer.train_files
-      and int(config.tokenizer.vocab_size) <= 5):
+  bad_signals = [n for n in config.train.stop_signals
+                 if not isinstance(getattr(signal, str(n), None), signal.Signals)]
+  if bad_signals:
+    problems.append(f"config.train.stop_signals={list(config.train.stop_signals)}: {bad_signals} "
+                    f"are not signal names; expected names like SIGTERM, SIGINT, SIGUSR1")
+  if (not config.model.hf_path and int(config.tokenizer.vocab_size) <= 5
+      and (config.tokenizer.train_files or not int(config.model.encoder.vocab_size))):
     problems.append(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: expected more "
                     f"than the 5 special tokens")
   if problems:
@@ -142,17 +149,23 @@ def make_tokenizer(config, run: workdir_lib.Workdir):
   """The tokenizer to build the model with, or None.
 
   None with model.hf_path (build_from_config loads the model's own); else the one this workdir
-  saved (a resumed run), else one trained on config.tokenizer.train_files, else None
-  (model.encoder.vocab_size must then be set; build_from_config checks).
+  saved (a resumed run), else one trained on config.tokenizer.train_files; else, when
+  model.encoder.vocab_size is 0 (take the tokenizer's), one trained on the texts of the run's
+  own training streams (pipeline.stream_texts, which builds the data caches the run then
+  reuses); else None (a model of model.encoder.vocab_size ids without a tokenizer).
   """
   if config.model.hf_path:
     return None
   if run.is_run():
     return run.read_model()[1]
+  from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
   if config.tokenizer.train_files:
-    from lair import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (slow)
     return tokenizer_lib.train_tokenizer(list(config.tokenizer.train_files),
                                          config.tokenizer.vocab_size)
+  if not int(config.model.encoder.vocab_size):
+    return tokenizer_lib.train_tokenizer(
+        texts=pipeline.stream_texts(config, cache_dir=run.data_dir),
+        vocab_size=config.tokenizer.vocab_size)
   return None
 
 
@@ -187,13 +200,49 @@ def summarize_params(params: Any) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+def _duration(seconds: float) -> str:
+  """"1h02m", "3m05s", "42s"."""
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else
+                                                  f"{secs}s")
+
+
+# TensorBoard groups a tag's charts by what comes before its first "/"; metrics.jsonl keeps the
+# plain names. Evaluation metrics ("lareqa/map@20/deu") are grouped already; any other training
+# scalar is an objective term or a part of one ("ir", "language_identity"): "loss/...".
+_TENSORBOARD_TAGS = {
+    "loss": "loss/total", "learning_rate": "optimizer/learning_rate",
+    "grad_norm": "optimizer/grad_norm", "examples_per_s": "throughput/examples_per_s",
+    "tokens_per_s": "throughput/tokens_per_s",
+    "model_tflops_per_s": "throughput/model_tflops_per_s", "mfu": "throughput/mfu",
+    "compiles": "train/compiles",
+    "ir_candidates": "train/ir_candidates"}
+
+
+def tensorboard_tag(name: str) -> str:
+  """The TensorBoard tag of a metrics.jsonl scalar: "ir" -> "loss/ir", "loss" -> "loss/total"."""
+  if "/" in name:
+    return name
+  return _TENSORBOARD_TAGS.get(name, f"loss/{name}")
+
+
 class MetricWriter:
-  """Writes scalars to stdout, metrics.jsonl and TensorBoard (process 0 only)."""
+  """Writes scalars to stdout, metrics.jsonl and TensorBoard (process 0 only).
+
+  On a terminal a progress bar (tqdm) moves every step; log lines (every train.log_every steps,
+  with the elapsed time and an ETA) print above it, and alone when stdout is a log file.
+  """
 
   def __init__(self, run: workdir_lib.Workdir, total_steps: int, *, resumed_step: int = 0):
     self.total_steps = total_steps
+    self.started = time.time()
     self.active = jax.process_index() == 0
     self.jsonl = self.tensorboard = None
+    self.bar = tqdm.tqdm(total=total_steps, initial=resumed_step, unit="step",
+                         dynamic_ncols=True, leave=False,
+                         disable=not (self.active and sys.stdout.isatty()))
     if self.active:
       run.keep_metrics_up_to(resumed_step)
       self.jsonl = open(run.metrics_jsonl, "a", encoding="utf-8")
@@ -205,29 +254,105 @@ class MetricWriter:
       except ImportError:
         print("tensorboardX is not installed: no TensorBoard events", file=sys.stderr)
 
-  def progress(self, step: int) -> str:
+  def progress(self, step: int, eta_s: Optional[float] = None) -> str:
+    """"[#####...............] 50/200 1m05s, ETA 3m10s"."""
     filled = int(20 * step / max(self.total_steps, 1))
-    return f"[{'#' * filled}{'.' * (20 - filled)}] {step}/{self.total_steps}"
+    eta = f", ETA {_duration(eta_s)}" if eta_s is not None and step < self.total_steps else ""
+    return (f"[{'#' * filled}{'.' * (20 - filled)}] {step}/{self.total_steps} "
+            f"{_duration(time.time() - self.started)}{eta}")
 
-  def write(self, step: int, scalars: Mapping[str, float], *, echo: bool = True) -> None:
+  def print(self, text: str, *, every_process: bool = False) -> None:
+    """A line above the progress bar (or alone); every_process: also on the other hosts, for
+    lines each host's own log needs (why that process exited)."""
+    if every_process and not self.active:
+      print(text, flush=True)
+    if self.active:
+      if self.bar.disable:
+        print(text, flush=True)
+      else:
+        self.bar.write(text)
+
+  def step_done(self) -> None:
+    self.bar.update(1)
+
+  def write(self, step: int, scalars: Mapping[str, float], *, echo: bool = True,
+            eta_s: Optional[float] = None) -> None:
     """Logs `scalars` at `step`; echo=False keeps them off stdout (evaluation prints a table)."""
     if not self.active or not scalars:
       return
     if echo:
-      text = " ".join(f"{k}={v:.4g}" for k, v in scalars.items())
-      print(f"{self.progress(step)} {text}", flush=True)
+      self.print(f"{self.progress(step, eta_s)} {summarize_scalars(scalars)}")
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
     if self.tensorboard is not None:
       for key, value in scalars.items():
-        self.tensorboard.add_scalar(key, value, step)
+        self.tensorboard.add_scalar(tensorboard_tag(key), value, step)
       self.tensorboard.flush()
 
   def close(self) -> None:
+    self.bar.close()
     if self.jsonl is not None:
       self.jsonl.close()
     if self.tensorboard is not None:
       self.tensorboard.close()
+
+
+def summarize_scalars(scalars: Mapping[str, float]) -> str:
+  """The log line's text: "loss=0.35 (ir 0.0006 semantic 0.0001 language 0.6958) lr=1.8e-06
+  grad_norm=0.08 | 263 examples/s 4,484 tokens/s"; every scalar is in metrics.jsonl."""
+  terms = [f"{name} {scalars[name]:.4g}" for name in (*objectives.WEIGHT_KEYS,
+                                                      "language_identity", "language_noise")
+           if name in scalars]
+  text = f"loss={scalars['loss']:.4g}" if "loss" in scalars else ""
+  text += f" ({' '.join(terms)})" if terms else ""
+  for key, short in (("learning_rate", "lr"), ("grad_norm", "grad_norm")):
+    if key in scalars:
+      text += f" {short}={scalars[key]:.2g}"
+  if "examples_per_s" in scalars:
+    text += (f" | {scalars['examples_per_s']:,.0f} examples/s "
+             f"{scalars['tokens_per_s']:,.0f} tokens/s")
+  if "mfu" in scalars:  # Only where the chip's peak is known (lair/models/flops.py).
+    text += f" {scalars['model_tflops_per_s']:.1f} TFLOP/s, MFU {scalars['mfu']:.1%}"
+  return text.strip()
+
+
+class Throughput:
+  """Examples, tokens and steps per second since the last reset, compile time left out.
+
+  A step whose batch shapes are new is compiled first; it is timed on its own (waiting for its
+  result) and neither its time nor its rows count, so the rates and the ETA are the steady ones.
+  """
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self) -> None:
+    self.start, self.excluded = time.time(), 0.0
+    self.examples = self.tokens = self.steps = self.model_flops = 0
+
+  def add(self, examples: int, tokens: int, model_flops: float = 0.0) -> None:
+    """One step's rows, real tokens and model FLOPs (lair/models/flops.py), all hosts'."""
+    self.examples, self.tokens, self.steps = (self.examples + examples, self.tokens + tokens,
+                                              self.steps + 1)
+    self.model_flops += model_flops
+
+  def exclude(self, seconds: float) -> None:
+    self.excluded += seconds
+
+  def rates(self) -> dict:
+    seconds = max(time.time() - self.start - self.excluded, 1e-9)
+    return {"examples_per_s": self.examples / seconds, "tokens_per_s": self.tokens / seconds,
+            "steps_per_s": self.steps / seconds, "model_flops_per_s": self.model_flops / seconds}
+
+
+def describe_shapes(batch: Mapping) -> str:
+  """"ir 32x16 + 32x32, parallel 32x32, mono 32x16": rows x length of each stream's texts."""
+  parts = []
+  for name, stream in batch.items():
+    shapes = dict.fromkeys("x".join(map(str, np.shape(v))) for k, v in stream.items()
+                           if k.endswith("ids"))
+    parts.append(f"{name} {' + '.join(shapes)}")
+  return ", ".join(parts)
 
 
 def batch_counts(batch: Mapping) -> tuple[int, int]:
@@ -438,8 +563,7 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   compiled_shapes = set()
   pending = None  # (step, metrics, data position) whose loss is checked one step late.
   scalars = {}
-  examples = tokens = model_flops = 0
-  tick = time.time()
+  throughput = Throughput()
   stop = StopSignals(config.train.stop_signals)
   # Device peak for utilisation (lair/models/flops.py's table); None on CPUs and unknown chips.
   peak = flops_lib.peak_flops(jax.devices()[0].device_kind, config.model.dtype)
@@ -450,6 +574,8 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
     The results file marks the evaluation done (final_evaluation_pending), so it is written
     after the best params and best.json: a kill in between repeats the evaluation on restart.
     """
+    writer.print(f"evaluating {', '.join(dict(s)['name'] for s in config.eval.sets)} at step "
+                 f"{step}")
     results = eval_run.run_evaluations(config, state["params"]["retriever"], rcfg, tokenizer,
                                        workdir=None, step=step)
     keep_if_best(config, results, state, step, best, run)
@@ -463,19 +589,27 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
         data_state = batches.get_state()
         host_batch = next(batches)
         signature = step_lib.shape_signature(host_batch)
-        if signature not in compiled_shapes:
+        started = time.time()
+        new_shapes = signature not in compiled_shapes
+        if new_shapes:
           compiled_shapes.add(signature)
-          print(f"compiling the train step for batch shapes #{len(compiled_shapes)}: "
-                f"{dict(signature)}", flush=True)
+          writer.print(f"compiling the train step for batch shapes #{len(compiled_shapes)} "
+                       f"({describe_shapes(host_batch)})")
+          logging.debug("batch shapes #%d: %s", len(compiled_shapes), dict(signature))
         state, metrics = train_step(state, sharding.put_batch(host_batch, mesh))
+        if new_shapes:  # Compile time is not training time: wait, and leave this step out.
+          jax.block_until_ready(metrics["loss"])
+          throughput.exclude(time.time() - started)
         # Checking the previous step's loss here lets this step run while the host waits.
         if pending is not None:
           check_finite(*pending, last_checkpoint)
         pending = (step, metrics, data_state)
-        n_examples, n_tokens = batch_counts(host_batch)
-        examples += n_examples * jax.process_count()
-        tokens += n_tokens * jax.process_count()
-        model_flops += step_lib.model_flops(host_batch, plan, rcfg.encoder) * jax.process_count()
+        if not new_shapes:
+          n_examples, n_tokens = batch_counts(host_batch)
+          flops = step_lib.model_flops(host_batch, plan, rcfg.encoder)
+          throughput.add(n_examples * jax.process_count(), n_tokens * jax.process_count(),
+                         flops * jax.process_count())
+        writer.step_done()
 
         done = step + 1
         stopping = stop.requested()
@@ -487,31 +621,30 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
           check_finite(*pending, last_checkpoint)
           pending = None
         if log_now:
-          elapsed = max(time.time() - tick, 1e-9)
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-          scalars.update(examples_per_s=examples / elapsed, tokens_per_s=tokens / elapsed,
-                         model_tflops_per_s=model_flops / elapsed / 1e12,
+          rates = throughput.rates()
+          scalars.update(examples_per_s=rates["examples_per_s"],
+                         tokens_per_s=rates["tokens_per_s"],
+                         model_tflops_per_s=rates["model_flops_per_s"] / 1e12,
                          compiles=len(compiled_shapes))
           if peak:
-            scalars["mfu"] = model_flops / elapsed / (peak * jax.device_count())
-          writer.write(done, scalars)
-          examples = tokens = model_flops = 0
-          tick = time.time()
+            scalars["mfu"] = rates["model_flops_per_s"] / (peak * jax.device_count())
+          eta = (total - done) / rates["steps_per_s"] if throughput.steps else None
+          writer.write(done, scalars, eta_s=eta)
+          throughput.reset()
         if save_now:
           checkpoints.save(done, state, batches.get_state())
           last_checkpoint = done
         if stopping:
           checkpoints.wait()
           name = signal.Signals(stop.received).name if stop.received else "a peer's signal"
-          print(f"stopped by {name} at step {done}: checkpoint saved in "
-                f"{checkpoints.directory}/{done}; exiting with code {PREEMPTED_EXIT_CODE} "
-                f"(rerun the same command to resume)", flush=True)
+          writer.print(f"stopped by {name} at step {done}: checkpoint saved in "
+                       f"{checkpoints.directory}/{done}; exiting with code {PREEMPTED_EXIT_CODE} "
+                       f"(rerun the same command to resume)", every_process=True)
           raise SystemExit(PREEMPTED_EXIT_CODE)
         if eval_now and done != total:
           evaluate(done)
-          # Evaluation time is not training throughput: restart the clock and the counts.
-          examples = tokens = model_flops = 0
-          tick = time.time()
+          throughput.reset()  # Evaluation time is not training throughput.
       if pending is not None:
         check_finite(*pending, last_checkpoint)
       if config.eval.sets and final_evaluation_pending(config, run, first, total):
