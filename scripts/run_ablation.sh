@@ -4,7 +4,10 @@
 #   bash scripts/run_ablation.sh [--config.KEY=VALUE ...]      # e.g. --config.train.steps=10
 #
 # Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS
-# (default "0 1"); PYTHON (default python3); E5 the multilingual-e5-small folder (default
+# (default "0 1"); VARIANTS (default: all of them, in the order below); TATOEBA=0 skips
+# the Tatoeba runs (all 112 languages embed 177k sentences per model: about an hour each on a
+# 2-core CPU), TATOEBA_LANGUAGES="ara deu ..." limits them to those languages; PYTHON
+# (default python3); E5 the multilingual-e5-small folder (default
 # ~/.cache/lair/multilingual-e5-small; written by ../shared/tools/e5_small_checkpoint.py);
 # LAIR_SHARED_DATA the data folder (default ../shared/data). Extra --config.* flags go to every
 # training run.
@@ -26,7 +29,7 @@ PYTHON="${PYTHON:-python3}"
 E5="${E5:-$HOME/.cache/lair/multilingual-e5-small}"
 SHARED="${LAIR_SHARED_DATA:-$root/../shared/data}"
 CONFIG=configs/e5_language_agnostic.py
-VARIANTS="ir_sem lang_0.3_sg lang_0.3 ir lang_0.1_sg lang_1_sg lang_0.1 lang_1 lowres"
+VARIANTS="${VARIANTS:-ir_sem lang_0.3_sg lang_0.3 ir lang_0.1_sg lang_1_sg lang_0.1 lang_1 lowres}"
 common=(--config.data.cache_dir="$RUNS/cache" --config.model.hf_path="$E5" "$@")
 mkdir -p "$RUNS"
 
@@ -59,11 +62,19 @@ train() {
       --config.seed="$3" "${common[@]}"
 }
 
-# The Tatoeba set of all 112 languages (both directions), as a --config.eval.sets value.
-tatoeba_all() {
-  "$PYTHON" - "$SHARED/tatoeba" <<'PY'
-import glob, os, re, sys
+# The Tatoeba set (both directions, every pair) of the languages in TATOEBA_LANGUAGES (Tatoeba's
+# codes; default: all 112), as a --config.eval.sets value.
+tatoeba_set() {
+  "$PYTHON" - "$SHARED/tatoeba" "${TATOEBA_LANGUAGES:-}" <<'PY'
+import glob, os, sys
 specs = sorted(p[:-4] for p in glob.glob(os.path.join(sys.argv[1], "tatoeba.*-eng.eng")))
+wanted = sys.argv[2].split()
+if wanted:
+  by_lang = {os.path.basename(p).split(".")[1].split("-")[0]: p for p in specs}
+  missing = sorted(set(wanted) - set(by_lang))
+  if missing:
+    sys.exit(f"TATOEBA_LANGUAGES: no Tatoeba files for {missing} in {sys.argv[1]}")
+  specs = [by_lang[l] for l in wanted]
 print(repr([{"name": "tatoeba", "kind": "tatoeba", "paths": specs}]))
 PY
 }
@@ -77,16 +88,20 @@ for seed in $SEEDS; do
   done
 done
 
-# Tatoeba, all 112 languages: the recipe (first seed) against the backbone.
-recipe="$("$PYTHON" -c "import sys; sys.path.insert(0, 'configs'); import e5_language_agnostic as c; print(c.RECIPE)")"
-sets="$(tatoeba_all)"
-run tatoeba_backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config="$CONFIG" \
-    --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_backbone"
-# The recipe run through its export (what a user serves), evaluated like any HF folder.
-run recipe_export "$PYTHON" -m lair.export --workdir="$RUNS/${recipe}_s${first_seed}" \
-    --out="$RUNS/recipe_export/hf" --overwrite
-run tatoeba_recipe "$PYTHON" -m lair.evaluate --hf="$RUNS/recipe_export/hf" --config="$CONFIG" \
-    --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_recipe"
+if [[ "${TATOEBA:-1}" != 0 ]]; then
+  # Tatoeba (all 112 languages, or TATOEBA_LANGUAGES): the recipe (first seed) against the
+  # backbone.
+  recipe="$("$PYTHON" -c "import sys; sys.path.insert(0, 'configs')
+import e5_language_agnostic as c; print(c.RECIPE)")"
+  sets="$(tatoeba_set)"
+  run tatoeba_backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config="$CONFIG" \
+      --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_backbone"
+  # The recipe run through its export (what a user serves), evaluated like any HF folder.
+  run recipe_export "$PYTHON" -m lair.export --workdir="$RUNS/${recipe}_s${first_seed}" \
+      --out="$RUNS/recipe_export/hf" --overwrite
+  run tatoeba_recipe "$PYTHON" -m lair.evaluate --hf="$RUNS/recipe_export/hf" --config="$CONFIG" \
+      --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_recipe"
+fi
 
 "$PYTHON" scripts/plot_results.py --runs="$RUNS" --out=docs > "$RUNS/results.md"
 echo "lair ablation: tables in $RUNS/results.md, pictures in docs/"

@@ -399,6 +399,19 @@ def read_lines(path, log: SkipLog | None = None) -> Iterator[tuple[int, str | No
         yield line_no, None
 
 
+def _tsv_fields(path, log: SkipLog) -> Iterator[tuple[int, list[str]]]:
+  """(line number, tab-separated fields) of each readable line; a first line of column names
+  (`is_header`) is a `header` skip."""
+  for line_no, line in read_lines(path, log):
+    if line is None:
+      continue
+    fields = line.split("\t")
+    if line_no == 1 and is_header(fields):
+      log.skip(path, line_no, HEADER, f"column names {fields}")
+      continue
+    yield line_no, fields
+
+
 def read_triples(path, *, num_negatives: int = 0,
                  log: SkipLog | None = None) -> Iterator[dict]:
   """IR rows `{"query", "passage", "negatives"}` from a tab-separated file.
@@ -411,13 +424,7 @@ def read_triples(path, *, num_negatives: int = 0,
   """
   log = _log_or_default(log)
   need = 2 + num_negatives
-  for line_no, line in read_lines(path, log):
-    if line is None:
-      continue
-    fields = line.split("\t")
-    if line_no == 1 and is_header(fields):
-      log.skip(path, line_no, HEADER, f"column names {fields}")
-      continue
+  for line_no, fields in _tsv_fields(path, log):
     if len(fields) < need:
       log.skip(path, line_no, MISSING_COLUMN, f"{len(fields)} columns, expected >= {need}")
       continue
@@ -864,13 +871,7 @@ def _corpus_jsonl(path, language: str, log: SkipLog) -> Iterator[tuple[int, dict
 
 def _corpus_tsv(path, language: str, log: SkipLog) -> Iterator[tuple[int, dict]]:
   """Documents of an `id<TAB>text` file (MS MARCO's collection.tsv); a header line is skipped."""
-  for line_no, line in read_lines(path, log):
-    if line is None:
-      continue
-    fields = line.split("\t")
-    if line_no == 1 and is_header(fields):
-      log.skip(path, line_no, HEADER, f"column names {fields}")
-      continue
+  for line_no, fields in _tsv_fields(path, log):
     if len(fields) != 2:
       log.skip(path, line_no, MISSING_COLUMN if len(fields) < 2 else MALFORMED,
                f"{len(fields)} columns, expected 2: id<TAB>text")

@@ -56,23 +56,14 @@ HF_PATH_HINT = ("--config.model.hf_path must be a local Hugging Face model folde
 def config_errors(model_cfg) -> list[str]:
   """What is wrong with `config.model` (one line per key), without loading anything."""
   errors = []
-  if model_cfg.pooling not in pooling.POOLINGS:
-    errors.append(f"config.model.pooling={model_cfg.pooling!r}: expected one of "
-                  f"{pooling.POOLINGS}")
-  if model_cfg.projection not in pooling.PROJECTIONS:
-    errors.append(f"config.model.projection={model_cfg.projection!r}: expected one of "
-                  f"{pooling.PROJECTIONS}")
+  choices = {"pooling": pooling.POOLINGS, "projection": pooling.PROJECTIONS, "dtype": DTYPES,
+             "attention": bert.ATTENTIONS, "remat": tuple(bert.REMAT_POLICIES)}
+  for key, allowed in choices.items():
+    if model_cfg[key] not in allowed:
+      errors.append(f"config.model.{key}={model_cfg[key]!r}: expected one of {allowed}")
   if model_cfg.projection_dim < 0 or (model_cfg.projection_dim and not model_cfg.projection):
     errors.append(f"config.model.projection_dim={model_cfg.projection_dim}: expected 0, or a "
                   f"positive width with config.model.projection set")
-  if model_cfg.dtype not in DTYPES:
-    errors.append(f"config.model.dtype={model_cfg.dtype!r}: expected one of {DTYPES}")
-  if model_cfg.attention not in bert.ATTENTIONS:
-    errors.append(f"config.model.attention={model_cfg.attention!r}: expected one of "
-                  f"{bert.ATTENTIONS}")
-  if model_cfg.remat not in bert.REMAT_POLICIES:
-    errors.append(f"config.model.remat={model_cfg.remat!r}: expected one of "
-                  f"{tuple(bert.REMAT_POLICIES)}")
   if model_cfg.hf_path:
     if not hf.looks_like_hub_name(model_cfg.hf_path) and not os.path.isdir(
         os.path.expanduser(model_cfg.hf_path)):
