@@ -3,6 +3,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -34,6 +35,28 @@ def e5_small_dir():
   if proc.returncode != 0 or not (E5_CACHE / "model.safetensors").exists():
     pytest.skip("could not build multilingual-e5-small: " + proc.stderr[-500:])
   return E5_CACHE
+
+
+def run_in_repo(cmd, timeout):
+  """(stdout + stderr, seconds) of `cmd` run from the repository root as a user would (no
+  XLA_FLAGS device split); fails the test, with the output's end, when it exits non-zero."""
+  env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1")
+  env.pop("XLA_FLAGS", None)
+  start = time.monotonic()
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  elapsed = time.monotonic() - start
+  assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  return proc.stdout + proc.stderr, elapsed
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+  """(workdir, output, seconds) of `bash launch/run.sh`, the quickstart as the README gives it
+  (train 600 steps, evaluate, export); run once for every test that reads a trained run."""
+  workdir = tmp_path_factory.mktemp("quickstart")
+  out, seconds = run_in_repo(["bash", "launch/run.sh", f"--workdir={workdir}"], timeout=600)
+  print(f"quickstart took {seconds:.0f} s")
+  return workdir, out, seconds
 
 
 # Rows of the fault-injection table (tests/test_faults.py): (fault, what lair did, anything lost).

@@ -7,29 +7,18 @@ LAReQA mAP@20 from the raw JSON) and compared with lair's own evaluation; and th
 losses must beat English-only retrieval training, the claim lair exists for.
 """
 import json
-import os
 import pathlib
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+
+from conftest import run_in_repo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "lair" / "data" / "quickstart"
 LANGUAGES = ["eng", "deu", "spa", "fra"]
 ZERO_SHOT = ["deu", "spa", "fra"]
-
-
-def _run(cmd, timeout):
-  env = dict(os.environ, PYTHON=sys.executable, PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
-  start = time.monotonic()
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-  elapsed = time.monotonic() - start
-  assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-  return proc.stdout + proc.stderr, elapsed
 
 
 def _final_metrics(workdir):
@@ -66,14 +55,6 @@ def _lareqa_map20(embed):
   return {lang: float(np.mean(v)) for lang, v in per_lang.items()}
 
 
-@pytest.fixture(scope="module")
-def quickstart_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("quickstart")
-  out, seconds = _run(["bash", "launch/run.sh", f"--workdir={workdir}"], timeout=600)
-  print(f"quickstart took {seconds:.0f} s")
-  return workdir, out, seconds
-
-
 def test_quickstart_finishes_in_five_minutes_with_a_table(quickstart_run):
   workdir, out, seconds = quickstart_run
   assert seconds < 300, f"the quickstart took {seconds:.0f} s; it must stay under 5 minutes"
@@ -96,7 +77,7 @@ def test_exported_model_reproduces_lairs_zero_shot_figure(quickstart_run):
 def test_parallel_losses_beat_english_only_training(quickstart_run, tmp_path):
   workdir, _, _ = quickstart_run
   english_only = tmp_path / "english_only"
-  _run([sys.executable, "-m", "lair.train", "--config=configs/quickstart.py",
+  run_in_repo([sys.executable, "-m", "lair.train", "--config=configs/quickstart.py",
         f"--workdir={english_only}", "--config.loss.semantic_weight=0",
         "--config.loss.language_weight=0", "--config.eval.search=exact"], timeout=600)
   with_parallel, ir_only = _final_metrics(workdir), _final_metrics(english_only)
