@@ -3,7 +3,8 @@
 `python -m lair.train|evaluate|export|index|search|mine` call `run(main)`. A `UserError` (bad
 config, missing file, bad data, damaged checkpoints) or a FileNotFoundError prints
 `lair.NAME: error: MESSAGE` (and the hint) on stderr and exits with status 2, without a
-traceback; `--debug` or `LAIR_DEBUG=1` shows the traceback instead.
+traceback; `--debug` or `LAIR_DEBUG=1` shows the traceback instead. `--help` (or `-h`) prints
+the command's module docstring, its usage, and exits 0.
 """
 import os
 import sys
@@ -13,6 +14,7 @@ from lair import errors
 
 DEBUG_ENV = "LAIR_DEBUG"
 USAGE_ERROR = 2
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
 def run(main: Callable[[list[str]], None], argv: Optional[Sequence[str]] = None) -> None:
@@ -21,6 +23,9 @@ def run(main: Callable[[list[str]], None], argv: Optional[Sequence[str]] = None)
   debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
   argv = [a for a in argv if a != "--debug"]
   prog = _program_name(argv[0] if argv else "lair")
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    print_help(main, prog)
+    return
   try:
     main(argv)
   except (errors.UserError, FileNotFoundError) as e:
@@ -32,6 +37,15 @@ def run(main: Callable[[list[str]], None], argv: Optional[Sequence[str]] = None)
       print(f"{prog}: hint: {hint}", file=sys.stderr)
     print(f"{prog}: (--debug or {DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
     sys.exit(USAGE_ERROR)
+
+
+def print_help(main: Callable, prog: str) -> None:
+  """The docstring of `main`'s module (each command's usage and what it does), and the flags
+  every command shares."""
+  module = sys.modules.get(main.__module__)
+  print((getattr(module, "__doc__", None) or f"python -m {prog}").strip())
+  print(f"\nEvery command takes --config.KEY=VALUE overrides of its config (every key, commented: "
+        f"lair/configs.py) and --debug (or {DEBUG_ENV}=1) for tracebacks.")
 
 
 def _program_name(argv0: str) -> str:

@@ -311,3 +311,15 @@ def test_a_fixable_error_is_one_line_and_a_hint_and_leaves_no_workdir(tmp_path, 
   if "hf_path" in override:
     assert "hint: --config.model.hf_path must be a local Hugging Face model folder" in proc.stderr
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "index", "search", "mine"])
+def test_help_prints_the_commands_usage_and_exits_zero(command, capsys):
+  import importlib  # pylint: disable=g-import-not-at-top
+  from lair import cli  # pylint: disable=g-import-not-at-top
+  module = importlib.import_module(
+      f"lair.{command}.__main__" if command in ("train", "evaluate") else f"lair.{command}")
+  cli.run(module.main, [f"lair/{command}.py", "--help"])  # Returns: no SystemExit, status 0.
+  out = capsys.readouterr().out
+  assert f"python -m lair.{command}" in out and "--config.KEY=VALUE" in out, out
+  assert module.__doc__.strip() in out
