@@ -4,10 +4,10 @@
 #   bash scripts/run_ablation.sh [--config.KEY=VALUE ...]      # e.g. --config.train.steps=10
 #
 # Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS
-# (default "0 1"); VARIANTS (default: all of them, in the order below); TATOEBA=0 skips
-# the Tatoeba runs (all 112 languages embed 177k sentences per model: about an hour each on a
-# 2-core CPU), TATOEBA_LANGUAGES="ara deu ..." limits them to those languages; PYTHON
-# (default python3); E5 the multilingual-e5-small folder (default
+# (default "0 1"); VARIANTS (default: all of them, in the order below; none: no training
+# run); TATOEBA=0 skips the Tatoeba runs (all 112 languages embed 177k sentences per model:
+# about an hour each on a 2-core CPU), TATOEBA_LANGUAGES="ara deu ..." limits them to those
+# languages; PYTHON (default python3); E5 the multilingual-e5-small folder (default
 # ~/.cache/lair/multilingual-e5-small; written by ../shared/tools/e5_small_checkpoint.py);
 # LAIR_SHARED_DATA the data folder (default ../shared/data). Extra --config.* flags go to every
 # training run.
@@ -30,6 +30,7 @@ E5="${E5:-$HOME/.cache/lair/multilingual-e5-small}"
 SHARED="${LAIR_SHARED_DATA:-$root/../shared/data}"
 CONFIG=configs/e5_language_agnostic.py
 VARIANTS="${VARIANTS:-ir_sem lang_0.3_sg lang_0.3 ir lang_0.1_sg lang_1_sg lang_0.1 lang_1 lowres}"
+[[ "$VARIANTS" == none ]] && VARIANTS=""  # Only the backbone, Tatoeba and the plot.
 common=(--config.data.cache_dir="$RUNS/cache" --config.model.hf_path="$E5" "$@")
 mkdir -p "$RUNS"
 
