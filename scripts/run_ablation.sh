@@ -17,7 +17,8 @@
 # that). Each run's wall time, summed over attempts, is kept in WORKDIR/wall_seconds and its log
 # in WORKDIR/log.txt.
 # Order (priority): the backbone; every variant with the first seed; every variant with the
-# other seeds; then Tatoeba over all 112 languages for the backbone and the recipe.
+# other seeds; then Tatoeba (all 112 languages, or TATOEBA_LANGUAGES) for the backbone and the
+# recipe.
 # Then scripts/plot_results.py writes RUNS/results.md and the pictures in docs/.
 set -euo pipefail
 
@@ -95,6 +96,16 @@ if [[ "${TATOEBA:-1}" != 0 ]]; then
   recipe="$("$PYTHON" -c "import sys; sys.path.insert(0, 'configs')
 import e5_language_agnostic as c; print(c.RECIPE)")"
   sets="$(tatoeba_set)"
+  # A finished run of other languages or of another recipe run is done again, not reused.
+  for name in tatoeba_backbone recipe_export tatoeba_recipe; do
+    inputs="$sets"
+    [[ "$name" == tatoeba_backbone ]] || inputs+=" ${recipe}_s${first_seed}"
+    if [[ -e "$RUNS/$name/DONE" && "$(cat "$RUNS/$name/inputs" 2>/dev/null)" != "$inputs" ]]; then
+      rm -f "$RUNS/$name/DONE" "$RUNS/$name/wall_seconds"
+    fi
+    mkdir -p "$RUNS/$name"
+    echo "$inputs" > "$RUNS/$name/inputs"
+  done
   run tatoeba_backbone "$PYTHON" -m lair.evaluate --hf="$E5" --config="$CONFIG" \
       --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_backbone"
   # The recipe run through its export (what a user serves), evaluated like any HF folder.

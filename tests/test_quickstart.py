@@ -78,8 +78,8 @@ def test_parallel_losses_beat_english_only_training(quickstart_run, tmp_path):
   workdir, _, _ = quickstart_run
   english_only = tmp_path / "english_only"
   run_in_repo([sys.executable, "-m", "lair.train", "--config=configs/quickstart.py",
-        f"--workdir={english_only}", "--config.loss.semantic_weight=0",
-        "--config.loss.language_weight=0", "--config.eval.search=exact"], timeout=600)
+               f"--workdir={english_only}", "--config.loss.semantic_weight=0",
+               "--config.loss.language_weight=0", "--config.eval.search=exact"], timeout=600)
   with_parallel, ir_only = _final_metrics(workdir), _final_metrics(english_only)
   gain = np.mean([with_parallel[f"lareqa/map@20/{l}"] - ir_only[f"lareqa/map@20/{l}"]
                   for l in ZERO_SHOT])

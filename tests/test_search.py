@@ -55,8 +55,9 @@ def test_scann_settings_are_valid_for_any_pool(n):
 def clustered_pool(n, dim, seed):
   """[n, dim] unit vectors: topics, subtopics of ~50 points around them, points around those.
 
-  Written here apart from benchmarks/search.py; the centres are the same for every seed, so
-  queries (another seed) come from the pool's distribution.
+  Written here apart from benchmarks/search.py. The topic centres are the same for every seed;
+  the subtopics depend on n, so queries drawn with another seed and n share the pool's topics but
+  sit off its subtopic clusters (harder for a tree than queries from the pool itself).
   """
   centres, rng = np.random.default_rng(0), np.random.default_rng(seed)
   unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)

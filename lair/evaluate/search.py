@@ -60,8 +60,8 @@ def scann_settings(num_candidates: int, k: int,
   """ScaNN settings from `config.eval.scann`, with 0 meaning "scale to the pool".
 
   num_leaves ~ sqrt(N). num_leaves_to_search: every leaf of pools up to _SEARCH_ALL_BELOW
-  (5k) points, where pruning saves little, then a fraction (5000 / N)^0.75 of them: 59 of 100
-  leaves at 10k, 33 of 316 at 100k, 19 of 1000 at 1M. The points scored per query grow as
+  (5k) points, where pruning saves little, then a fraction (5000 / N)^0.75 of them: 60 of 100
+  leaves at 10k, 34 of 316 at 100k, 19 of 1000 at 1M. The points scored per query grow as
   N^0.25 while exact search's grow as N. reorder (config default 300): AH candidates re-ranked
   exactly, max(reorder, k) of them; this, more than the leaves, sets recall on clustered pools.
   Measured (benchmarks/search.py, docs/training.md "Speed"): recall@10 of exact search 0.99 on
@@ -123,9 +123,12 @@ def search_scann(searcher, queries: np.ndarray, k: int, *, num_candidates: int,
   k = min(k, num_candidates)
   if not len(queries):
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-  # Every core, as exact search uses them (the same results as search_batched).
+  # Every core, as exact search uses them (the same results as search_batched); ScaNN runs one
+  # task per batch (256 queries by default), so smaller batches keep every core busy.
+  batch_size = max(1, min(256, -(-len(queries) // (os.cpu_count() or 1))))
   ids, scores = searcher.search_batched_parallel(queries, final_num_neighbors=k,
-                                                 pre_reorder_num_neighbors=max(reorder, k))
+                                                 pre_reorder_num_neighbors=max(reorder, k),
+                                                 batch_size=batch_size)
   return np.asarray(scores, np.float32), np.asarray(ids, np.int64)
 
 

@@ -59,8 +59,10 @@ def encoder_flops(config, rows: int, length: int, *, train: bool = True) -> floa
 def peak_flops(device_kind: str, dtype: str) -> Optional[float]:
   """The device's dense peak FLOP/s for `dtype` matmuls from PEAK_FLOPS, or None if unknown."""
   by_dtype = PEAK_FLOPS.get(device_kind)
-  if by_dtype is None:  # "NVIDIA H100 80GB HBM3" vs e.g. "NVIDIA H100 SXM5 80GB": match by model.
-    by_dtype = next((v for k, v in PEAK_FLOPS.items() if device_kind.startswith(k)), None)
+  if by_dtype is None:  # A longer name of a listed kind ("TPU v4 ..."): the longest prefix,
+    # so that "NVIDIA H200 NVL" is not taken for the SXM "NVIDIA H200" when both are listed.
+    prefixes = [k for k in PEAK_FLOPS if device_kind.startswith(k)]
+    by_dtype = PEAK_FLOPS[max(prefixes, key=len)] if prefixes else None
   return None if by_dtype is None else by_dtype.get(dtype)
 
 
