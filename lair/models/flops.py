@@ -29,7 +29,8 @@ PEAK_FLOPS = {
     "NVIDIA H100 80GB HBM3": {"bfloat16": 989e12, "float32": 494e12},  # SXM; float32: TF32.
     "NVIDIA H100 PCIe": {"bfloat16": 756e12, "float32": 378e12},
     "NVIDIA H100 NVL": {"bfloat16": 835e12, "float32": 418e12},
-    "NVIDIA H200": {"bfloat16": 989e12, "float32": 494e12},
+    "NVIDIA H200": {"bfloat16": 989e12, "float32": 494e12},  # SXM.
+    "NVIDIA H200 NVL": {"bfloat16": 835e12, "float32": 418e12},
     "NVIDIA A100-SXM4-80GB": {"bfloat16": 312e12, "float32": 156e12},
     "NVIDIA A100-SXM4-40GB": {"bfloat16": 312e12, "float32": 156e12},
     "NVIDIA A100 80GB PCIe": {"bfloat16": 312e12, "float32": 156e12},
