@@ -25,7 +25,7 @@ The recipe (ir_sem; chosen on these development sets, 2 seeds): XQuAD-R mean mAP
 ±0.001 (en 0.692, de 0.635, es 0.657, ru 0.619, zh 0.569) against the backbone's 0.366;
 own-language excess@20 0.143 (backbone 0.589); language-ID probe 0.80 (backbone 0.995). The
 issue's target (0.70, no language below 0.65) is not reached at this budget. The language loss
-(lang_0.3_sg, 1 seed) gave 0.631 and excess 0.146, so the recipe leaves it off.
+(lang_0.3_sg, 2 seeds) gave 0.629 ±0.001 and excess 0.149, so the recipe leaves it off.
 """
 import os
 import pathlib
