@@ -12,6 +12,8 @@
                   non-parallel sentences per step in all 12 languages (held out of the parallel
                   data, data.mono.from_parallel); _sg: stop-gradient through the pair (x, y)
     lowres        the recipe with parallel pairs for deu and spa only
+    VARIANT_hn    VARIANT with one hard negative per question: another sentence of the answer's
+                  SQuAD paragraph (data.ir.num_negatives=1), as XQuAD-R's pools hold them
 
 Budget (a 2-core CPU, 6.5-8.5 s a step): batches of 32 IR pairs + 32 parallel pairs (+ 32 z
 sentences with the language loss), 200 steps, queries cut at 32 tokens, passages at 64,
@@ -66,12 +68,16 @@ def tatoeba_spec(data_dir: pathlib.Path, lang: str) -> str:
 
 def get_config(arg=None):
   name = arg or RECIPE
+  # VARIANT_hn: the variant with one hard negative per question (another sentence of its
+  # paragraph).
+  hard_negatives = name.endswith("_hn")
+  name = name.removesuffix("_hn")
   lowres = name == "lowres"
   if lowres:
     name = RECIPE
   if name not in VARIANTS:
     raise ValueError(f"configs/e5_language_agnostic.py:{arg}: expected one of "
-                     f"{sorted(VARIANTS) + ['lowres']}")
+                     f"{sorted(VARIANTS) + ['lowres']}, optionally with '_hn'")
   semantic, language, stop_pairs = VARIANTS[name]
   c = configs.default_config()
   c.seed = 0
@@ -88,6 +94,7 @@ def get_config(arg=None):
   c.data.ir.format = "squad"
   c.data.ir.paths = [str(SHARED / "squad" / "dev-v1.1.minus_xquad_paragraphs.json")]
   c.data.ir.squad_target = "sentence"
+  c.data.ir.num_negatives = 1 if hard_negatives else 0
   c.data.parallel.format = "tsv"
   c.data.parallel.paths = [str(SHARED / "parallel" / f"en-{l}.tsv") for l in parallel]
   # At most 4,000 pairs per language: deu (56k) would otherwise fill a quarter of every batch.

@@ -31,8 +31,10 @@ import json
 import os
 import re
 from typing import Iterator, Sequence
+import zlib
 
 from absl import logging
+import numpy as np
 
 from lair import errors
 
@@ -293,21 +295,44 @@ def _iter_questions(path, data: list, *, log: SkipLog | None,
 SQUAD_TARGETS = ("sentence", "paragraph")
 
 
-def read_squad(path, *, target: str = "sentence",
+def read_squad(path, *, target: str = "sentence", num_negatives: int = 0,
                log: SkipLog | None = None) -> Iterator[dict]:
-  """IR pairs `{"query", "passage"}` from SQuAD JSON.
+  """IR rows `{"query", "passage", "negatives"}` from SQuAD JSON.
 
   Args:
     path: a SQuAD-format JSON file.
     target: "sentence" (the sentence holding the answer) or "paragraph" (the context);
       config.data.ir.squad_target.
+    num_negatives: K > 0 (target "sentence" only) gives each question K other sentences of
+      its own paragraph as hard negatives: the ones a sentence retriever confuses most, as in
+      LAReQA / XQuAD-R, whose pools hold every sentence of each paragraph. They are a sample
+      seeded by the question id, so a rebuild gives the same rows; a paragraph with fewer than
+      K other sentences is a `too_few_negatives` skip.
     log: counts skips (see `iter_squad_questions`).
   """
   if target not in SQUAD_TARGETS:
     raise DataError(f"config.data.ir.squad_target={target!r}: expected one of {SQUAD_TARGETS}")
+  if num_negatives and target != "sentence":
+    raise DataError(f"config.data.ir.num_negatives={num_negatives} with squad_target="
+                    f"{target!r}: SQuAD negatives are other sentences of the answer's paragraph; "
+                    f"expected squad_target='sentence'")
+  log = log if log is not None else SkipLog()
   for q in iter_squad_questions(path, log=log):
     start, end = (0, len(q.context)) if target == "paragraph" else q.answer_sentence
-    yield {"query": q.question, "passage": clean_text(q.context[start:end]), "negatives": []}
+    negatives = []
+    if num_negatives:
+      others = [clean_text(q.context[s:e]) for s, e in q.sentence_breaks
+                if (e <= start or s >= end) and q.context[s:e].strip()]
+      if len(others) < num_negatives:
+        log.skip(path, f"question {q.id}", TOO_FEW_NEGATIVES,
+                 f"{len(others)} other sentences in its paragraph, expected >= {num_negatives} "
+                 f"(config.data.ir.num_negatives)")
+        log.keep(path, -1)  # iter_squad_questions counted it as kept.
+        continue
+      rng = np.random.default_rng(zlib.crc32(q.id.encode("utf-8")))
+      negatives = [others[i] for i in rng.choice(len(others), num_negatives, replace=False)]
+    yield {"query": q.question, "passage": clean_text(q.context[start:end]),
+           "negatives": negatives}
 
 
 @dataclasses.dataclass
@@ -796,7 +821,7 @@ def read_ir_jsonl(path, *, num_negatives: int = 0,
 
 IR_FORMATS = ("squad", "triples", "beir", "jsonl")
 # Formats whose rows can carry negatives (config.data.ir.num_negatives > 0).
-IR_FORMATS_WITH_NEGATIVES = ("triples", "jsonl")
+IR_FORMATS_WITH_NEGATIVES = ("squad", "triples", "jsonl")
 
 
 def read_ir(path, *, format: str,  # pylint: disable=redefined-builtin
@@ -807,7 +832,7 @@ def read_ir(path, *, format: str,  # pylint: disable=redefined-builtin
   `format` is config.data.ir.format (IR_FORMATS); BEIR folders give their "train" qrels.
   """
   if format == "squad":
-    return read_squad(path, target=squad_target, log=log)
+    return read_squad(path, target=squad_target, num_negatives=num_negatives, log=log)
   if format == "triples":
     return read_triples(path, num_negatives=num_negatives, log=log)
   if format == "beir":
