@@ -74,8 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
       format="squad",
       paths=[],
       squad_target="sentence",  # "sentence" (the answer's sentence) | "paragraph"
-      # Hard negatives per query ("triples" and "jsonl"): the first K of each row; a row with
-      # fewer is a counted skip.
+      # Hard negatives per query: the first K of each row ("triples", "jsonl"), or K other
+      # sentences of the answer's paragraph ("squad", squad_target="sentence"; seeded by the
+      # question id). A row with fewer is a counted skip.
       num_negatives=0,
       language="eng"))  # The IR text's language (ISO 639-3; "" if mixed): z of the language loss.
   c.data.parallel = ml_collections.ConfigDict(dict(

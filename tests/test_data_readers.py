@@ -99,6 +99,26 @@ def test_read_squad_sentence_and_paragraph_targets(tmp_path, caplog):
   assert [r["passage"] for r in rows] == [_CONTEXT, _CONTEXT]
 
 
+def test_read_squad_negatives_are_the_other_sentences_of_the_paragraph(tmp_path):
+  path = _squad_fixture(tmp_path)
+  sentences = ["Paris is in France.", "The Seine flows through it.", "It is big."]
+  # q1's answer is in sentence 0 and q2's in sentence 1: with K = 2 each gets the other two.
+  rows = list(readers.read_squad(path, num_negatives=2))
+  assert [(r["passage"], sorted(r["negatives"])) for r in rows] == [
+      (sentences[0], sorted(sentences[1:])), (sentences[1], sorted([sentences[0], sentences[2]]))]
+  # K = 1: one of them, the same on every read.
+  once = [r["negatives"] for r in readers.read_squad(path, num_negatives=1)]
+  assert once == [r["negatives"] for r in readers.read_squad(path, num_negatives=1)]
+  assert once[0][0] in sentences[1:] and once[1][0] in (sentences[0], sentences[2])
+  # K = 3: more than the paragraph has, so every question is a too_few_negatives skip.
+  log = readers.SkipLog()
+  with pytest.raises(readers.DataError, match="no usable question"):
+    list(readers.read_squad(path, num_negatives=3, log=log))
+  assert log.skipped[path][readers.TOO_FEW_NEGATIVES] == 2 and log.kept[path] == 0
+  with pytest.raises(readers.DataError, match="squad_target='sentence'"):
+    list(readers.read_squad(path, target="paragraph", num_negatives=1))
+
+
 def test_read_squad_strict_raises_naming_the_question(tmp_path):
   path = _squad_fixture(tmp_path)
   with pytest.raises(readers.DataError, match=r"squad.json:data\[0\].paragraphs\[0\].qas\[2\]"):
@@ -385,7 +405,7 @@ def test_build_errors_name_config_keys(tmp_path):
   c.data.ir.update(dict(paths=[str(tmp_path / "missing.json")]))
   with pytest.raises(readers.DataError, match=r"config.data.ir.paths: .*missing.json: no such file"):
     builders.build_ir(c, str(tmp_path))
-  c.data.ir.num_negatives = 2
+  c.data.ir.update(dict(format="beir", num_negatives=2))
   with pytest.raises(readers.DataError, match="config.data.ir.num_negatives"):
     builders.build_ir(c, str(tmp_path))
   # Every parallel file in an unknown language: no usable rows in the stream.

@@ -24,8 +24,8 @@ from lair.evaluate import search
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 XQUAD_LANGUAGES = ("en", "de")
-MAX_QUESTIONS = 150  # The first 150 question ids (about 30 paragraphs) in both languages.
-TATOEBA_PAIRS = 100
+MAX_QUESTIONS = 60  # The first 60 question ids (about 12 paragraphs) in both languages.
+TATOEBA_PAIRS = 50
 
 
 # ------------------------------------------------------------------------------------------------
