@@ -12,8 +12,12 @@
                   non-parallel sentences per step in all 12 languages (held out of the parallel
                   data, data.mono.from_parallel); _sg: stop-gradient through the pair (x, y)
     lowres        the recipe with parallel pairs for deu and spa only
+    VARIANT_bs    VARIANT with the semantic term's negatives from both sides of the pairs
+                  (loss.semantic_negatives="both_sides"): a translation must beat the other
+                  sentences of its own language too
     VARIANT_hn    VARIANT with one hard negative per question: another sentence of the answer's
                   SQuAD paragraph (data.ir.num_negatives=1), as XQuAD-R's pools hold them
+                  (both: VARIANT_bs_hn)
 
 Budget (a 2-core CPU, 6.5-8.5 s a step): batches of 32 IR pairs + 32 parallel pairs (+ 32 z
 sentences with the language loss), 200 steps, queries cut at 32 tokens, passages at 64,
@@ -68,16 +72,18 @@ def tatoeba_spec(data_dir: pathlib.Path, lang: str) -> str:
 
 def get_config(arg=None):
   name = arg or RECIPE
-  # VARIANT_hn: the variant with one hard negative per question (another sentence of its
-  # paragraph).
+  # Suffixes (in this order when both): _bs, the semantic term's negatives from both sides;
+  # _hn, one hard negative per question (another sentence of its paragraph).
   hard_negatives = name.endswith("_hn")
   name = name.removesuffix("_hn")
+  both_sides = name.endswith("_bs")
+  name = name.removesuffix("_bs")
   lowres = name == "lowres"
   if lowres:
     name = RECIPE
   if name not in VARIANTS:
     raise ValueError(f"configs/e5_language_agnostic.py:{arg}: expected one of "
-                     f"{sorted(VARIANTS) + ['lowres']}, optionally with '_hn'")
+                     f"{sorted(VARIANTS) + ['lowres']}, optionally with '_bs', '_hn'")
   semantic, language, stop_pairs = VARIANTS[name]
   c = configs.default_config()
   c.seed = 0
@@ -107,6 +113,7 @@ def get_config(arg=None):
   c.loss.tau = 0.05
   c.loss.ir_weight = 1.0
   c.loss.semantic_weight = semantic
+  c.loss.semantic_negatives = "both_sides" if both_sides else "other_side"
   c.loss.language_weight = language
   c.loss.language_stop_pairs = stop_pairs
   if language:

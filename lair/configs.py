@@ -101,6 +101,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.ir_margin = 0.0  # Additive margin (LaBSE's AMS) on the positive logit.
   c.loss.ir_bidirectional = False
   c.loss.semantic_weight = 0.0
+  # The semantic term's negatives: "other_side" (a sentence picks its translation among the
+  # batch's translations) | "both_sides" (and among the other sentences of its own side, so its
+  # translation must beat same-language sentences: losses.semantic_contrastive_loss_both_sides).
+  c.loss.semantic_negatives = "other_side"
   c.loss.language_weight = 0.0
   c.loss.language_form = "uniform_ce"  # "uniform_ce" | "squared_gap"
   # The z sentences (non-parallel text whose similarity to both sides of a pair must be equal):

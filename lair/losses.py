@@ -23,6 +23,8 @@ import jax.numpy as jnp
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 LANGUAGE_FORMS = ("uniform_ce", "squared_gap")
+# Which sentences a parallel sentence's translation competes with (config loss.semantic_negatives).
+SEMANTIC_NEGATIVES = ("other_side", "both_sides")
 
 
 def _similarities(a, b):
@@ -117,19 +119,56 @@ def semantic_contrastive_loss(x, y, *, positive_index=None, tau: float):
   return infonce_rows(x, y, positive_index=positive_index, tau=tau)
 
 
-def symmetric_semantic_contrastive_loss(x, y, *, tau: float):
+def semantic_contrastive_loss_both_sides(x, y, x_all, *, positive_index=None, tau: float):
+  """One direction with both sides as negatives: x_i picks y_i among all y and all other x.
+
+  With `semantic_contrastive_loss` an English x_i only ever competes with sentences of the other
+  side, so nothing asks its translation to beat other *English* sentences; a retriever can then
+  keep ranking its own language first (LAReQA's language bias, own_excess in lair's bias block).
+  Here the other rows of x's own side are negatives too (SimCLR's 2B - 2 negatives).
+
+  Args:
+    x: [b, D] embeddings of the rows this caller holds.
+    y: [B, D] all translations (globally gathered under shard_map).
+    x_all: [B, D] all rows of x's side (globally gathered); x_all[positive_index[i]] is x_i
+      itself, which is left out.
+    positive_index: [b] int index of each row's translation in `y` (and of itself in `x_all`);
+      default `arange(b)`.
+    tau: temperature.
+
+  Returns:
+    [b] float32 per-row loss: `logsumexp([s(x_i, y); s(x_i, x_all without i)] / tau)
+    - s(x_i, y_i) / tau`.
+  """
+  positive_index = _default_positive_index(positive_index, x.shape[0])
+  to_y = _similarities(x, y) / tau  # [b, B]
+  itself = jax.nn.one_hot(positive_index, x_all.shape[0], dtype=jnp.bool_)  # [b, B]
+  to_x = jnp.where(itself, -jnp.inf, _similarities(x, x_all) / tau)  # [b, B]
+  positive_logit = jnp.take_along_axis(to_y, positive_index[:, None], axis=1)[:, 0]
+  return jax.nn.logsumexp(jnp.concatenate([to_y, to_x], axis=1), axis=1) - positive_logit
+
+
+def symmetric_semantic_contrastive_loss(x, y, *, tau: float, negatives: str = "other_side"):
   """The scalar symmetric semantic contrastive loss on full arrays (one device).
 
   Args:
     x: [B, D] embeddings of one side of B parallel pairs.
     y: [B, D] embeddings of their translations.
     tau: temperature.
+    negatives: "other_side" (`semantic_contrastive_loss`) | "both_sides"
+      (`semantic_contrastive_loss_both_sides`); config key `loss.semantic_negatives`.
 
   Returns:
     scalar float32: `(mean_i CE(x_i -> y) + mean_i CE(y_i -> x)) / 2`.
   """
-  return 0.5 * (jnp.mean(semantic_contrastive_loss(x, y, tau=tau))
-                + jnp.mean(semantic_contrastive_loss(y, x, tau=tau)))
+  if negatives == "other_side":
+    return 0.5 * (jnp.mean(semantic_contrastive_loss(x, y, tau=tau))
+                  + jnp.mean(semantic_contrastive_loss(y, x, tau=tau)))
+  if negatives == "both_sides":
+    return 0.5 * (jnp.mean(semantic_contrastive_loss_both_sides(x, y, x, tau=tau))
+                  + jnp.mean(semantic_contrastive_loss_both_sides(y, x, y, tau=tau)))
+  raise ValueError(f"loss.semantic_negatives={negatives!r}: expected one of "
+                   f"{SEMANTIC_NEGATIVES}")
 
 
 def language_contrastive_loss(z, x, y, *, tau: float, form: str = "uniform_ce"):

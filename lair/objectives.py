@@ -21,6 +21,7 @@ import re
 from typing import Mapping
 
 from lair import errors
+from lair import losses
 
 STREAMS = ("ir", "parallel", "mono")
 
@@ -125,6 +126,10 @@ def plan_objectives(config) -> ObjectivePlan:
   sources = loss.get("language_inputs", "ir+mono")
   if sources not in LANGUAGE_INPUTS:
     raise PlanError(f"config.loss.language_inputs={sources!r}: expected one of {LANGUAGE_INPUTS}")
+  negatives = loss.get("semantic_negatives", "other_side")
+  if negatives not in losses.SEMANTIC_NEGATIVES:
+    raise PlanError(f"config.loss.semantic_negatives={negatives!r}: expected one of "
+                    f"{losses.SEMANTIC_NEGATIVES}")
   inputs = set()
   if "ir" in weights:
     inputs |= {"query", "passage"}

@@ -42,7 +42,8 @@ OBJECTIVES = {
     "xtr": dict(ir_weight=0.0, xtr_weight=1.0),
     "ems_contrastive": dict(ir_weight=0.0, ems_contrastive_weight=1.0),
     "all": dict(ir_weight=1.0, semantic_weight=0.5, language_weight=0.3, xtr_weight=0.2,
-                ems_contrastive_weight=0.4, language_inputs="mono", language_form="squared_gap"),
+                ems_contrastive_weight=0.4, language_inputs="mono", language_form="squared_gap",
+                semantic_negatives="both_sides"),
 }
 
 
@@ -123,7 +124,8 @@ def reference_loss(trainable, batch, rng, *, rcfg, lcfg, normalize=True):
   if lcfg.ir_bidirectional:
     terms["ir"] = 0.5 * (terms["ir"] + jnp.mean(losses.passage_to_query_infonce(
         unit(p), unit(q), tau=tau, margin=lcfg.ir_margin)))
-  terms["semantic"] = losses.symmetric_semantic_contrastive_loss(unit(x), unit(y), tau=tau)
+  terms["semantic"] = losses.symmetric_semantic_contrastive_loss(
+      unit(x), unit(y), tau=tau, negatives=lcfg.semantic_negatives)
   sources = {"ir": [q, p], "mono": [z_mono], "ir+mono": [q, p, z_mono]}[lcfg.language_inputs]
   z = jnp.concatenate([unit(s) for s in sources])
   pair_x, pair_y = unit(x), unit(y)

@@ -103,12 +103,18 @@ def test_sigkill_at_a_random_step_then_restart_is_bitwise_equal(shared, referenc
   resumed_from = checkpoint_lib.Checkpoints(str(workdir / "checkpoints")).latest_step()
   train(shared, workdir)
   assert_same_params(workdir, reference)
+  # Steps logged after the last checkpoint before the kill are logged again by the restart,
+  # and only by it: each step once, in order.
+  with open(workdir / "metrics.jsonl", encoding="utf-8") as f:
+    logged = [row["step"] for row in map(json.loads, f) if "loss" in row]
+  assert logged == list(range(4, STEPS + 1, 4))
   restart = (f"restart resumed from step {resumed_from}" if resumed_from
              else "no checkpoint yet: restart started afresh")
   record(f"SIGKILL at batch {die_at} (seed {seed})", f"{restart}, ended bitwise-equal")
 
 
-@pytest.mark.parametrize("save, seed", [(1, 0), (2, 1), (3, 2)])
+# The first save (no checkpoint to fall back on) and a later one (the previous one is kept).
+@pytest.mark.parametrize("save, seed", [(1, 0), (2, 1)])
 def test_sigkill_while_a_checkpoint_is_written_then_restart_is_bitwise_equal(
     shared, reference, tmp_path, save, seed):
   workdir = tmp_path / "killed_in_save"

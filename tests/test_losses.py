@@ -72,6 +72,35 @@ def test_semantic_contrastive_loss_matches_numpy_both_ways():
                              0.5 * (x_to_y.mean() + y_to_x.mean()), **TOL)
 
 
+def test_semantic_loss_with_both_sides_as_negatives_matches_numpy():
+  # Each sentence picks its translation among all translations and all *other* sentences of its
+  # own side: 2B - 1 candidates, written out as a list here.
+  rng = np.random.default_rng(4)
+  x, y = _unit_rows(rng, 6, 16), _unit_rows(rng, 6, 16)
+
+  def np_rows(a, b):
+    return np.array([_np_ce(a[i], list(b) + [a[j] for j in range(len(a)) if j != i], i, 0.05)
+                     for i in range(len(a))])
+
+  x_to_y, y_to_x = np_rows(x, y), np_rows(y, x)
+  np.testing.assert_allclose(
+      losses.semantic_contrastive_loss_both_sides(x, y, x, tau=0.05), x_to_y, **TOL)
+  np.testing.assert_allclose(losses.symmetric_semantic_contrastive_loss(
+      x, y, tau=0.05, negatives="both_sides"), 0.5 * (x_to_y.mean() + y_to_x.mean()), **TOL)
+  # Rows 2..3 of a gathered batch: the positive index picks both the translation and the self
+  # to leave out.
+  np.testing.assert_allclose(losses.semantic_contrastive_loss_both_sides(
+      x[2:4], y, x, positive_index=jnp.array([2, 3]), tau=0.05), x_to_y[2:4], **TOL)
+  # An own-language sentence closer than the translation now costs; with other_side it cannot.
+  x_near = x.copy()
+  x_near[1] = x[0]  # Row 1's side holds a copy of row 0.
+  both = losses.semantic_contrastive_loss_both_sides(x_near, y, x_near, tau=0.05)
+  other = losses.semantic_contrastive_loss(x_near, y, tau=0.05)
+  assert float(both[0]) > float(other[0]) + 1.0
+  with pytest.raises(ValueError, match="loss.semantic_negatives"):
+    losses.symmetric_semantic_contrastive_loss(x, y, tau=0.05, negatives="all")
+
+
 def test_bfloat16_inputs_are_scored_in_float32():
   rng = np.random.default_rng(4)
   q, p = _unit_rows(rng, 4, 8), _unit_rows(rng, 4, 8)

@@ -196,7 +196,8 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rn
   The terms (each a global mean over rows):
     ir: query -> (all passages + all hard negatives) InfoNCE; with loss.ir_bidirectional the
       mean of that and passage -> all queries.
-    semantic: mean of both directions, src -> all tgt and tgt -> all src.
+    semantic: mean of both directions, src -> all tgt and tgt -> all src (with
+      loss.semantic_negatives="both_sides", each also against all other rows of its own side).
     language: z (plan.language_z) against all parallel pairs.
     xtr: EMS token reconstruction per parallel pair (no candidates to gather).
     ems_contrastive: EMS's projected contrastive loss, mean of both directions.
@@ -224,8 +225,17 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rn
     candidates = p_all.shape[0] + (0 if n_all is None else n_all.shape[0] * n_all.shape[1])
     out["ir_candidates"] = jnp.float32(candidates)
   if plan.has("semantic"):
-    out["semantic"] = _symmetric(functools.partial(losses.semantic_contrastive_loss, tau=tau),
-                                 unit["src"], unit["tgt"])
+    x, y = unit["src"], unit["tgt"]
+    if loss_cfg.get("semantic_negatives", "other_side") == "both_sides":
+      idx = _positive_index(x.shape[0])
+      x_all, y_all = _gather(x), _gather(y)
+      both = functools.partial(losses.semantic_contrastive_loss_both_sides, tau=tau,
+                               positive_index=idx)
+      out["semantic"] = 0.5 * (_global_mean(both(x, y_all, x_all))
+                               + _global_mean(both(y, x_all, y_all)))
+    else:
+      out["semantic"] = _symmetric(functools.partial(losses.semantic_contrastive_loss, tau=tau),
+                                   x, y)
   if plan.has("language"):
     z = jnp.concatenate([unit[name] for name in plan.language_z], axis=0)
     x, y = _gather(unit["src"]), _gather(unit["tgt"])
