@@ -272,3 +272,12 @@ def _inputs_the_loss_reads(plan, config, batch) -> set:
       live.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
   # make_jaxpr's inputs are the flattened dict: its keys in sorted order.
   return {name for name, var in zip(sorted(emb), jaxpr.invars) if var in live}
+
+
+def test_an_unknown_semantic_negatives_value_is_a_plan_error_naming_the_key():
+  config = configs.default_config()
+  config.loss.update(semantic_weight=1.0, semantic_negatives="all")
+  config.data.parallel.paths = ["en-deu.tsv"]
+  with pytest.raises(objectives.PlanError,
+                     match=r"config.loss.semantic_negatives='all': expected one of"):
+    objectives.plan_objectives(config)
