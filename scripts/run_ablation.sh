@@ -30,7 +30,7 @@ PYTHON="${PYTHON:-python3}"
 E5="${E5:-$HOME/.cache/lair/multilingual-e5-small}"
 SHARED="${LAIR_SHARED_DATA:-$root/../shared/data}"
 CONFIG=configs/e5_language_agnostic.py
-VARIANTS="${VARIANTS:-ir_sem lang_0.3_sg lang_0.3 ir lang_0.1_sg lang_1_sg lang_0.1 lang_1 lowres}"
+VARIANTS="${VARIANTS:-ir_sem ir_sem_hn ir_sem_bs_hn lang_0.3_sg lang_0.3 ir ir_sem_bs lang_0.1_sg lang_1_sg lang_0.1 lang_1 lowres}"
 [[ "$VARIANTS" == none ]] && VARIANTS=""  # Only the backbone, Tatoeba and the plot.
 common=(--config.data.cache_dir="$RUNS/cache" --config.model.hf_path="$E5" "$@")
 mkdir -p "$RUNS"

@@ -316,7 +316,7 @@ def read_squad(path, *, target: str = "sentence", num_negatives: int = 0,
     raise DataError(f"config.data.ir.num_negatives={num_negatives} with squad_target="
                     f"{target!r}: SQuAD negatives are other sentences of the answer's paragraph; "
                     f"expected squad_target='sentence'")
-  log = log if log is not None else SkipLog()
+  log = _log_or_default(log)
   for q in iter_squad_questions(path, log=log):
     start, end = (0, len(q.context)) if target == "paragraph" else q.answer_sentence
     negatives = []
