@@ -100,11 +100,17 @@ def test_build_ir_jsonl_with_negatives(tmp_path):
   assert [(r["query"], r["passage"], list(r["negatives"])) for r in rows] == [
       (b"q1", b"p1a", [b"n1a", b"n1b"]), (b"q1", b"p1b", [b"n1a", b"n1b"])]
   assert built.stats["skipped"][readers.TOO_FEW_NEGATIVES] == 2
-  # Negatives only come with formats that carry them.
-  c.data.ir.update(dict(format="squad",
+  # Negatives only come with formats that carry them: not BEIR's qrels, and from SQuAD only as
+  # other sentences of the answer's paragraph.
+  c.data.ir.update(dict(format="beir",
                         paths=[str(REPO / "lair" / "data" / "quickstart" / "train.squad.json")]))
   assert any("config.data.ir.num_negatives=2" in e and "'jsonl'" in e
              for e in builders.config_errors(c, "ir"))
+  c.data.ir.update(dict(format="squad", squad_target="paragraph"))
+  assert any("config.data.ir.num_negatives=2" in e and "squad_target='sentence'" in e
+             for e in builders.config_errors(c, "ir"))
+  c.data.ir.squad_target = "sentence"
+  assert not builders.config_errors(c, "ir")
   c.data.ir.format = "parquet"
   assert any("config.data.ir.format='parquet'" in e and "jsonl" in e
              for e in builders.config_errors(c, "ir"))
