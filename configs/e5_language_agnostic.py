@@ -72,15 +72,15 @@ def tatoeba_spec(data_dir: pathlib.Path, lang: str) -> str:
 
 def get_config(arg=None):
   name = arg or RECIPE
+  lowres = name == "lowres"
+  if lowres:
+    name = RECIPE
   # Suffixes (in this order when both): _bs, the semantic term's negatives from both sides;
   # _hn, one hard negative per question (another sentence of its paragraph).
   hard_negatives = name.endswith("_hn")
   name = name.removesuffix("_hn")
   both_sides = name.endswith("_bs")
   name = name.removesuffix("_bs")
-  lowres = name == "lowres"
-  if lowres:
-    name = RECIPE
   if name not in VARIANTS:
     raise ValueError(f"configs/e5_language_agnostic.py:{arg}: expected one of "
                      f"{sorted(VARIANTS) + ['lowres']}, optionally with '_bs', '_hn'")
