@@ -19,19 +19,19 @@
                   SQuAD paragraph (data.ir.num_negatives=1), as XQuAD-R's pools hold them
                   (both: VARIANT_bs_hn)
 
-Budget (a 2-core CPU, 6.5-8.5 s a step): batches of 32 IR pairs + 32 parallel pairs (+ 32 z
-sentences with the language loss), 200 steps, queries cut at 32 tokens, passages at 64,
-sentences at 32, the token embedding table frozen (80% of e5-small's parameters;
-stop-gradiented, so it costs no gradient).
+Budget (a 2-core CPU, 6.5-8.5 s a step without hard negatives, a third more with one): batches
+of 32 IR pairs (+ 32 hard negatives with _hn) + 32 parallel pairs (+ 32 z sentences with the
+language loss), 200 steps, queries cut at 32 tokens, passages at 64, sentences at 32, the token
+embedding table frozen (80% of e5-small's parameters; stop-gradiented, so it costs no gradient).
 Evaluation: the full 5-language XQuAD-R development pool (5,950 questions against 6,086
 sentences, exact search) with its language-bias block, and a language-ID probe on Tatoeba
 sentences of the 5 XQuAD-R languages. The figures each setting reached are in docs/results.md.
 
-The recipe (ir_sem; chosen on these development sets, 2 seeds): XQuAD-R mean mAP@20 0.634
-±0.001 (en 0.692, de 0.635, es 0.657, ru 0.619, zh 0.569) against the backbone's 0.366;
-own-language excess@20 0.143 (backbone 0.589); language-ID probe 0.80 (backbone 0.995). The
-issue's target (0.70, no language below 0.65) is not reached at this budget. The language loss
-(lang_0.3_sg, 2 seeds) gave 0.629 ±0.001 and excess 0.149, so the recipe leaves it off.
+The recipe (ir_sem_bs_hn: IR with one same-paragraph hard negative + semantic with both sides as
+negatives; chosen on these development sets): XQuAD-R mean mAP@20 RECIPE_FIGURES against
+the backbone's 0.366 and ir_sem's 0.634 ±0.001. The issue's target (0.70, no language below
+0.65) is not reached at this budget. The language loss (lang_0.3_sg, 2 seeds) gave 0.629 ±0.001
+against ir_sem's 0.634, so the recipe leaves it off.
 """
 import os
 import pathlib
@@ -51,8 +51,9 @@ TATOEBA_FILE_CODE = {"zho": "cmn"}
 # The XQuAD-R languages but English as Tatoeba names them, for the language-ID probe.
 PROBE_LANGUAGES = ["deu", "spa", "rus", "cmn"]
 
-# The recipe, chosen on the development runs (docs/results.md): the language loss did not beat
-# IR + semantic beyond the seed spread, so it is off.
+# The recipe, chosen on the development runs (docs/results.md): same-paragraph hard negatives and
+# both-sides semantic negatives beat ir_sem; the language loss did not beat IR + semantic beyond
+# the seed spread, so it is off.
 RECIPE = "ir_sem_bs_hn"
 
 VARIANTS = {  # name -> (semantic weight, language weight, stop-gradient through pairs)
