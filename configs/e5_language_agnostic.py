@@ -19,7 +19,7 @@
                   SQuAD paragraph (data.ir.num_negatives=1), as XQuAD-R's pools hold them
                   (both: VARIANT_bs_hn)
 
-Budget (a 2-core CPU, 6.5-8.5 s a step without hard negatives, about 9 s with one): batches
+Budget (a 2-core CPU, 6.5-8.5 s a step without hard negatives, 9.7 s for the recipe): batches
 of 32 IR pairs (+ 32 hard negatives with _hn) + 32 parallel pairs (+ 32 z sentences with the
 language loss), 200 steps, queries cut at 32 tokens, passages at 64, sentences at 32, the token
 embedding table frozen (80% of e5-small's parameters; stop-gradiented, so it costs no gradient).
