@@ -204,10 +204,9 @@ def config_errors(config, stream: str) -> list[str]:
       errors.append(f"config.data.ir.num_negatives={k}: expected 0, or > 0 with "
                     f"config.data.ir.format in {readers.IR_FORMATS_WITH_NEGATIVES} (not "
                     f"{data.ir.format!r})")
-    elif k and data.ir.format == "squad" and data.ir.squad_target != "sentence":
-      errors.append(f"config.data.ir.num_negatives={k} with squad_target="
-                    f"{data.ir.squad_target!r}: SQuAD negatives are other sentences of the "
-                    f"answer's paragraph; expected squad_target='sentence'")
+    elif data.ir.format == "squad" and (
+        problem := readers.squad_negatives_error(k, data.ir.squad_target)):
+      errors.append(problem)
     if not data.ir.paths:
       errors.append("config.data.ir.paths is empty, but the objectives read the 'ir' stream")
   elif stream == "parallel":

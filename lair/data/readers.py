@@ -295,6 +295,15 @@ def _iter_questions(path, data: list, *, log: SkipLog | None,
 SQUAD_TARGETS = ("sentence", "paragraph")
 
 
+def squad_negatives_error(num_negatives: int, target: str) -> str:
+  """Why SQuAD cannot give `num_negatives` negatives with `target`, or "" when it can."""
+  if num_negatives and target != "sentence":
+    return (f"config.data.ir.num_negatives={num_negatives} with squad_target={target!r}: SQuAD "
+            f"negatives are other sentences of the answer's paragraph; expected "
+            f"squad_target='sentence'")
+  return ""
+
+
 def read_squad(path, *, target: str = "sentence", num_negatives: int = 0,
                log: SkipLog | None = None) -> Iterator[dict]:
   """IR rows `{"query", "passage", "negatives"}` from SQuAD JSON.
@@ -312,10 +321,9 @@ def read_squad(path, *, target: str = "sentence", num_negatives: int = 0,
   """
   if target not in SQUAD_TARGETS:
     raise DataError(f"config.data.ir.squad_target={target!r}: expected one of {SQUAD_TARGETS}")
-  if num_negatives and target != "sentence":
-    raise DataError(f"config.data.ir.num_negatives={num_negatives} with squad_target="
-                    f"{target!r}: SQuAD negatives are other sentences of the answer's paragraph; "
-                    f"expected squad_target='sentence'")
+  problem = squad_negatives_error(num_negatives, target)
+  if problem:
+    raise DataError(problem)
   log = _log_or_default(log)
   for q in iter_squad_questions(path, log=log):
     start, end = (0, len(q.context)) if target == "paragraph" else q.answer_sentence
