@@ -171,11 +171,17 @@ def _positive_index(local_rows: int):
   return jax.lax.axis_index(DATA) * local_rows + jnp.arange(local_rows)
 
 
-def _symmetric(one_direction, x, y):
-  """Mean of both directions of a contrastive loss on local x, y [b, D]."""
+def _symmetric(one_direction, x, y, *, own_side_negatives: bool = False):
+  """Mean of both directions of a contrastive loss on local x, y [b, D].
+
+  With `own_side_negatives`, each direction also gets its anchors' own side, gathered, as a third
+  argument (losses.semantic_contrastive_loss_both_sides).
+  """
   idx = _positive_index(x.shape[0])
-  return 0.5 * (_global_mean(one_direction(x, _gather(y), positive_index=idx))
-                + _global_mean(one_direction(y, _gather(x), positive_index=idx)))
+  x_all, y_all = _gather(x), _gather(y)
+  own = lambda side_all: (side_all,) if own_side_negatives else ()
+  return 0.5 * (_global_mean(one_direction(x, y_all, *own(x_all), positive_index=idx))
+                + _global_mean(one_direction(y, x_all, *own(y_all), positive_index=idx)))
 
 
 def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rng, *,
@@ -225,17 +231,11 @@ def objective_terms(emb: Mapping, extras: Mapping, objective_params: Mapping, rn
     candidates = p_all.shape[0] + (0 if n_all is None else n_all.shape[0] * n_all.shape[1])
     out["ir_candidates"] = jnp.float32(candidates)
   if plan.has("semantic"):
-    x, y = unit["src"], unit["tgt"]
-    if loss_cfg.get("semantic_negatives", "other_side") == "both_sides":
-      idx = _positive_index(x.shape[0])
-      x_all, y_all = _gather(x), _gather(y)
-      both = functools.partial(losses.semantic_contrastive_loss_both_sides, tau=tau,
-                               positive_index=idx)
-      out["semantic"] = 0.5 * (_global_mean(both(x, y_all, x_all))
-                               + _global_mean(both(y, x_all, y_all)))
-    else:
-      out["semantic"] = _symmetric(functools.partial(losses.semantic_contrastive_loss, tau=tau),
-                                   x, y)
+    both_sides = loss_cfg.get("semantic_negatives", "other_side") == "both_sides"
+    one_direction = (losses.semantic_contrastive_loss_both_sides if both_sides
+                     else losses.semantic_contrastive_loss)
+    out["semantic"] = _symmetric(functools.partial(one_direction, tau=tau), unit["src"],
+                                 unit["tgt"], own_side_negatives=both_sides)
   if plan.has("language"):
     z = jnp.concatenate([unit[name] for name in plan.language_z], axis=0)
     x, y = _gather(unit["src"]), _gather(unit["tgt"])
