@@ -74,7 +74,9 @@ def parse_args(argv=None):
   parser.add_argument("--attention-dropout", type=float, default=None,
                       help="Attention dropout (default: --dropout). lair's fused attention "
                            "has none: with --attention dot_product use 0.")
-  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  parser.add_argument("--dtype", choices=bert.DTYPES, default="float32")
+  parser.add_argument("--activation-dtype", choices=bert.DTYPES, default="float32",
+                      help="lair's residual-stream dtype (model.activation_dtype).")
   parser.add_argument("--attention", choices=bert.ATTENTIONS, default="einsum")
   parser.add_argument("--remat", choices=tuple(bert.REMAT_POLICIES), default="")
   parser.add_argument("--tau", type=float, default=0.05)
@@ -89,6 +91,9 @@ def parse_args(argv=None):
   parser.add_argument("--no-torch", action="store_true", help="Time lair only.")
   parser.add_argument("--no-profile", action="store_true", help="Skip the per-phase profile.")
   parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
+  parser.add_argument("--trace", default="",
+                      help="After timing, trace 3 lair steps with jax.profiler into this folder "
+                           "(TensorBoard/Perfetto) and print where the device time went.")
   parser.add_argument("--quick", action="store_true",
                       help="A tiny run (2 layers, vocab <= 30522, batch 4, short texts, 1 round) "
                            "to check the script end to end; also LAIR_BENCH_QUICK=1.")
@@ -160,6 +165,7 @@ def lair_retriever(args, model):
     enc_params = hf.encoder_params_from_torch(tensors, enc_cfg, "torch BertModel")
   enc_cfg = dataclasses.replace(enc_cfg, hidden_dropout=args.dropout,
                                 attention_dropout=args.attention_dropout, dtype=args.dtype,
+                                activation_dtype=args.activation_dtype,
                                 attention=args.attention, remat=args.remat)
   rcfg = retriever.RetrieverConfig(encoder=enc_cfg, pooling="mean", normalize=True)
   return rcfg, retriever.init_retriever(rcfg, jax.random.key(args.seed), enc_params)
@@ -323,6 +329,79 @@ def profile_phases(lair_fns, state, jax_batch, model, torch_opt, torch_batch, ar
   return out
 
 
+# Kernel/op name -> kind, first match wins (cuBLAS/CUTLASS GEMMs are *gemm*/*gmma*/nvjet*,
+# cuDNN attention *fmha*/*flash*/cudnn*; XLA's own kernels are named after their fusions).
+KERNEL_KINDS = (("matmul", ("gemm", "gmma", "xmma", "cutlass", "nvjet", "cublas", "dot", "ynn")),
+                ("attention", ("fmha", "flash", "cudnn", "attention", "sdpa")),
+                ("random bits", ("threefry", "philox", "rng", "random")),
+                ("scatter/gather", ("scatter", "gather", "dynamic_update_slice")),
+                ("reduction", ("reduce", "reduction")),
+                ("copy/transpose", ("copy", "transpose", "memcpy", "memset")),
+                ("other XLA fusions", ("fusion", "loop_", "input_", "convert", "broadcast")))
+
+
+def kernel_kind(name):
+  lower = name.lower()
+  return next((kind for kind, keys in KERNEL_KINDS if any(k in lower for k in keys)), "other")
+
+
+def trace_summary(trace_dir, steps, step_seconds, top=25):
+  """Prints where `steps` traced steps spent device time, from jax.profiler's Perfetto trace.
+
+  Device time is the sum of the GPU streams' kernel events (on a CPU, of the innermost op events
+  of XLA's threads, summed over threads); busy = that over `steps * step_seconds`. Returns
+  {kind: ms per step}.
+  """
+  import collections  # pylint: disable=g-import-not-at-top
+  import gzip  # pylint: disable=g-import-not-at-top
+  paths = sorted(pathlib.Path(trace_dir).glob("**/perfetto_trace.json.gz"),
+                 key=lambda p: p.stat().st_mtime)
+  if not paths:
+    print(f"(no perfetto_trace.json.gz under {trace_dir})")
+    return {}
+  with gzip.open(paths[-1], "rt") as f:
+    events = json.load(f)["traceEvents"]
+  process = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+  thread = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+            if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  print(f"\ntrace {paths[-1]}: processes {sorted(set(process.values()))}")
+  device_pids = {pid for pid, name in process.items() if "/device:" in name}
+  if device_pids:  # GPU/TPU: kernels on the device's streams (not its derived "XLA Ops" lines).
+    lines = {k for k in thread if k[0] in device_pids}
+    print("  device lines: " + ", ".join(sorted({thread[k] for k in lines})))
+    streams = {k for k in lines if thread[k].lower().startswith("stream")} or lines
+  else:  # CPU: the ops XLA's execution threads ran.
+    streams = {k for k, name in thread.items() if name.startswith("tf_XLA")}
+  per_line = collections.defaultdict(list)
+  for e in events:
+    # Not work of its own: the zero-length "end: OP" markers inside XLA's CPU ops, and its CPU
+    # runtime's waits (ThunkExecutor/ThreadPool events enclose or wait for the ops).
+    if (e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in streams
+        and not e["name"].startswith("end: ")
+        and not any(k in e["name"] for k in ("ThunkExecutor", "ThreadPool"))):
+      per_line[(e["pid"], e["tid"])].append(e)
+  by_name, by_kind = collections.Counter(), collections.Counter()
+  for line in per_line.values():  # Leaves only: an event that encloses the next is a parent.
+    line.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))
+    for e, after in zip(line, line[1:] + [None]):
+      if after is not None and after["ts"] < e["ts"] + e.get("dur", 0.0):
+        continue
+      ms = e.get("dur", 0.0) / 1e3 / steps
+      by_name[e["name"]] += ms
+      by_kind[kernel_kind(e["name"])] += ms
+  total = sum(by_kind.values())
+  step_ms = step_seconds * 1e3
+  print(f"  device time {total:.1f} ms per step of {step_ms:.1f} ms "
+        f"({total / step_ms:.0%} busy; the rest is launch gaps or host work)")
+  for kind, ms in by_kind.most_common():
+    print(f"    {kind:20s} {ms:8.2f} ms  {ms / total:6.1%}")
+  print(f"  top {top} kernels/ops (ms per step):")
+  for name, ms in by_name.most_common(top):
+    print(f"    {ms:8.3f}  {ms / total:6.1%}  [{kernel_kind(name)}] {name[:110]}")
+  return dict(by_kind)
+
+
 def fused_attention_kernels(fn, *args):
   """Names of the program's primitives that are a fused attention kernel (cuDNN's), if any."""
   def names(jaxpr):
@@ -369,7 +448,7 @@ def main(argv=None):
         f"{args.batch} queries x {args.query_len} + {args.batch} passages x {args.passage_len} "
         f"tokens ({padded_tokens} padded, {real_tokens} real), dropout {args.dropout} "
         f"(attention {args.attention_dropout}), tau {args.tau}; lair dtype {args.dtype}, "
-        f"attention {args.attention}, remat {args.remat or 'off'}; model FLOPs per step "
+        f"activations {args.activation_dtype}, attention {args.attention}, remat {args.remat or 'off'}; model FLOPs per step "
         f"{step_flops / 1e12:.3f} TFLOP (lair/models/flops.py)")
   print(f"jax {jax.__version__} on {jax.default_backend()} ({device_kind}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); torch {torch.__version__} on "
@@ -461,6 +540,13 @@ def main(argv=None):
     print(f"lair / torch speed (steps/s ratio): {ratio:.2f}x; load average after: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
+  trace = None
+  if args.trace:
+    with jax.profiler.trace(args.trace, create_perfetto_trace=True):
+      for _ in range(3):
+        run_lair()
+    trace = trace_summary(args.trace, 3, median["lair"])
+
   profile = None
   if not args.no_profile:
     profile = profile_phases(lair_fns, state, jax_batch, model, torch_opt, torch_batch, args,
@@ -481,12 +567,13 @@ def main(argv=None):
     pathlib.Path(args.json).write_text(json.dumps(dict(
         model=args.model, layers=e.num_layers, hidden=e.hidden_size, vocab=vocab_size,
         batch=args.batch, query_len=args.query_len, passage_len=args.passage_len,
-        dtype=args.dtype, attention=args.attention, remat=args.remat,
+        dtype=args.dtype, activation_dtype=args.activation_dtype, attention=args.attention,
+        remat=args.remat,
         dropout=args.dropout, attention_dropout=args.attention_dropout,
         device_kind=device_kind, torch_device=torch_device, cpu=cpu_line,
         model_tflop_per_step=step_flops / 1e12, peak_tflops=peak / 1e12 if peak else None,
         measured_matmul_gflops={k: v / 1e9 for k, v in measured.items()},
-        lair_over_torch=ratio, figures=figures, profile=profile,
+        lair_over_torch=ratio, figures=figures, profile=profile, trace_ms_per_step=trace,
         fused_attention_primitives=attention_kernels,
         initial_loss={"lair": lair_initial}), indent=2))
   return figures

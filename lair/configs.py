@@ -48,6 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Matmul dtype; params, optimiser state, LayerNorm, softmax and losses stay float32.
   # "bfloat16" on accelerators.
   c.model.dtype = "float32"
+  # Residual-stream dtype: "bfloat16" stores the activations between the matmuls in bfloat16
+  # (LayerNorm statistics, softmax, pooling and losses stay float32): less memory traffic on
+  # accelerators, with model.dtype="bfloat16". See lair/models/bert.py.
+  c.model.activation_dtype = "float32"
   # "einsum" (the reference) | "dot_product" (jax.nn.dot_product_attention: cuDNN flash
   # attention on GPU with bfloat16, XLA elsewhere; training with attention dropout > 0 falls
   # back to "einsum"). See lair/models/bert.py.

@@ -9,7 +9,11 @@ bias.
 Precision: params are float32; `EncoderConfig.dtype` is the dtype of the matmuls (their inputs;
 they accumulate in float32). With "bfloat16" the embeddings, the residual stream, LayerNorm and
 the attention softmax stay float32: only what feeds a matmul is cast, so the output [B, L, H]
-is float32 whatever the compute dtype.
+is float32 whatever the compute dtype. `EncoderConfig.activation_dtype="bfloat16"` also stores
+the residual stream (each LayerNorm's output, the dropout and residual sums) in bfloat16, which
+halves the memory traffic of everything between the matmuls; LayerNorm still computes its
+statistics in float32 (flax promotes them), the softmax stays float32, and the encoder's output
+is cast back to float32, so pooling and the losses are float32 either way.
 
 Speed options (EncoderConfig, from `config.model`):
   attention: "einsum" (the hand-written reference: einsum, float32 softmax, einsum) or
@@ -42,6 +46,7 @@ import jax.numpy as jnp
 # model_type -> whether positions are offset by pad_token_id + 1 and skip pad tokens.
 SUPPORTED_MODEL_TYPES = {"bert": False, "xlm-roberta": True, "roberta": True}
 ATTENTIONS = ("einsum", "dot_product")
+DTYPES = ("float32", "bfloat16")
 # remat -> what each encoder layer saves for the backward pass (see the module docstring).
 REMAT_POLICIES = {"": None, "full": jax.checkpoint_policies.nothing_saveable,
                   "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -63,6 +68,8 @@ class EncoderConfig:
   attention_dropout: float = 0.1
   pad_token_id: int = 0
   dtype: str = "float32"  # Matmul dtype ("float32" | "bfloat16"); params stay float32.
+  # Residual-stream dtype ("float32" | "bfloat16"; module docstring). Pair "bfloat16" with it.
+  activation_dtype: str = "float32"
   attention: str = "einsum"  # ATTENTIONS (module docstring); "einsum" is the reference.
   remat: str = ""  # REMAT_POLICIES: "" | "full" | "dots" (module docstring).
 
@@ -74,6 +81,10 @@ class EncoderConfig:
     if self.attention not in ATTENTIONS:
       raise ValueError(f"model.attention={self.attention!r} is not supported; expected one of "
                        f"{ATTENTIONS}.")
+    for key in ("dtype", "activation_dtype"):
+      if getattr(self, key) not in DTYPES:
+        raise ValueError(f"model.{key}={getattr(self, key)!r} is not supported; expected one "
+                         f"of {DTYPES}.")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"model.remat={self.remat!r} is not supported; expected one of "
                        f"{tuple(REMAT_POLICIES)}.")
@@ -115,9 +126,10 @@ def _dense(features, name, config):
 
 
 def _layer_norm(name, config):
-  # Float32 whatever the compute dtype: the residual stream stays float32 (module docstring).
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, name=name, dtype=jnp.float32,
-                      param_dtype=jnp.float32)
+  # Statistics in float32 whatever the dtype (flax promotes them); the output, which is the
+  # residual stream, in `activation_dtype` (module docstring).
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, name=name,
+                      dtype=jnp.dtype(config.activation_dtype), param_dtype=jnp.float32)
 
 
 def einsum_attention(q, k, v, attention_mask, *, dropout=None):
@@ -191,12 +203,13 @@ class EncoderLayer(nn.Module):
     cfg = self.config
     dropout = nn.Dropout(cfg.hidden_dropout, deterministic=not train)
     attended = SelfAttention(cfg, name="attention")(x, attention_mask, train)
-    # The residual sums and LayerNorms in float32 (Dense outputs are in the compute dtype).
-    x = _layer_norm("attention_LayerNorm", cfg)(x + dropout(attended).astype(jnp.float32))
+    # The residual sums in the residual stream's dtype (Dense outputs are in the compute dtype).
+    residual = jnp.dtype(cfg.activation_dtype)
+    x = _layer_norm("attention_LayerNorm", cfg)(x + dropout(attended).astype(residual))
     mlp = _dense(cfg.intermediate_size, "intermediate", cfg)(x)
     mlp = jax.nn.gelu(mlp, approximate=False)
     mlp = _dense(cfg.hidden_size, "output", cfg)(mlp)
-    return _layer_norm("output_LayerNorm", cfg)(x + dropout(mlp).astype(jnp.float32))
+    return _layer_norm("output_LayerNorm", cfg)(x + dropout(mlp).astype(residual))
 
 
 class Embeddings(nn.Module):
@@ -237,7 +250,7 @@ class BertEncoder(nn.Module):
       layer = nn.remat(EncoderLayer, policy=REMAT_POLICIES[cfg.remat], static_argnums=(3,))
     for i in range(cfg.num_layers):
       x = layer(cfg, name=f"layer_{i}")(x, attention_mask, train)
-    return x
+    return x.astype(jnp.float32)  # Pooling and the losses read float32 (module docstring).
 
 
 def init_encoder(config: EncoderConfig, rng) -> dict:

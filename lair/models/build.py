@@ -14,12 +14,12 @@ def build_from_config(model_cfg, *, tokenizer=None, rng):
   With `model_cfg.hf_path` the encoder (and, unless one is passed, its tokenizer) is imported
   by `load_hf`; otherwise a random encoder is built from `model_cfg.encoder`, whose
   vocab_size = 0 means len(tokenizer) and whose pad id is the tokenizer's.
-  `model_cfg.dtype`, `.attention` and `.remat` set how the encoder runs (lair/models/bert.py).
+  `model_cfg`'s RUN_OPTIONS set how the encoder runs (lair/models/bert.py).
   """
+  run_options = {key: model_cfg[key] for key in RUN_OPTIONS}
   if model_cfg.hf_path:
     enc_cfg, enc_params, hf_tokenizer = hf.load_hf(model_cfg.hf_path)  # Checks its tokenizer.
-    enc_cfg = dataclasses.replace(enc_cfg, dtype=model_cfg.dtype, attention=model_cfg.attention,
-                                  remat=model_cfg.remat)
+    enc_cfg = dataclasses.replace(enc_cfg, **run_options)
     if tokenizer is None:
       tokenizer = hf_tokenizer
     else:
@@ -39,14 +39,15 @@ def build_from_config(model_cfg, *, tokenizer=None, rng):
         max_position_embeddings=e.max_position_embeddings, type_vocab_size=e.type_vocab_size,
         layer_norm_eps=e.layer_norm_eps, hidden_dropout=e.hidden_dropout,
         attention_dropout=e.attention_dropout, pad_token_id=pad_id if pad_id is not None else 0,
-        dtype=model_cfg.dtype, attention=model_cfg.attention, remat=model_cfg.remat)
+        **run_options)
     retriever.check_vocabulary(tokenizer, enc_cfg, "model.encoder.vocab_size")
     enc_params = None
   rcfg = retriever.retriever_config_from_config(model_cfg, enc_cfg)
   return rcfg, retriever.init_retriever(rcfg, rng, enc_params), tokenizer
 
 
-DTYPES = ("float32", "bfloat16")
+# config.model keys that set how the encoder runs, not what it computes (EncoderConfig fields).
+RUN_OPTIONS = ("dtype", "activation_dtype", "attention", "remat")
 HF_PATH_HINT = ("--config.model.hf_path must be a local Hugging Face model folder (config.json, "
                 "weights, tokenizer files), e.g. one written by `huggingface-cli download "
                 "intfloat/multilingual-e5-small --local-dir DIR` where the hub is reachable; "
@@ -56,8 +57,9 @@ HF_PATH_HINT = ("--config.model.hf_path must be a local Hugging Face model folde
 def config_errors(model_cfg) -> list[str]:
   """What is wrong with `config.model` (one line per key), without loading anything."""
   errors = []
-  choices = {"pooling": pooling.POOLINGS, "projection": pooling.PROJECTIONS, "dtype": DTYPES,
-             "attention": bert.ATTENTIONS, "remat": tuple(bert.REMAT_POLICIES)}
+  choices = {"pooling": pooling.POOLINGS, "projection": pooling.PROJECTIONS,
+             "dtype": bert.DTYPES, "activation_dtype": bert.DTYPES, "attention": bert.ATTENTIONS,
+             "remat": tuple(bert.REMAT_POLICIES)}
   for key, allowed in choices.items():
     if model_cfg[key] not in allowed:
       errors.append(f"config.model.{key}={model_cfg[key]!r}: expected one of {allowed}")

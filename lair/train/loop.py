@@ -54,8 +54,8 @@ PREEMPTED_EXIT_CODE = 75
 # means, so a resume that changes it is refused.
 RESUMABLE_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.eval_every", "train.grad_cache_chunk",
-                  "train.stop_signals", "eval.", "mesh.", "model.dtype", "model.attention",
-                  "model.remat", "data.cache_dir", "data.strict")
+                  "train.stop_signals", "eval.", "mesh.", "model.dtype", "model.activation_dtype",
+                  "model.attention", "model.remat", "data.cache_dir", "data.strict")
 
 
 class NonFiniteLossError(FloatingPointError):
