@@ -91,6 +91,12 @@ def parse_args(argv=None):
   parser.add_argument("--no-torch", action="store_true", help="Time lair only.")
   parser.add_argument("--no-profile", action="store_true", help="Skip the per-phase profile.")
   parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
+  parser.add_argument("--pipelined", action="store_true",
+                      help="Keep one step in flight (read step i-1's loss after dispatching step "
+                           "i, as lair.train does; PyTorch likewise) and time each round as a "
+                           "whole; default: every step waits for its loss.")
+  parser.add_argument("--hlo", default="",
+                      help="Write the compiled lair train step's optimised HLO to this file.")
   parser.add_argument("--trace", default="",
                       help="After timing, trace 3 lair steps with jax.profiler into this folder "
                            "(TensorBoard/Perfetto) and print where the device time went.")
@@ -229,12 +235,12 @@ def torch_loss(model, batch, tau, dtype):
   return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
 
 
-def torch_step(model, optimizer, batch, tau, dtype):
+def torch_step(model, optimizer, batch, tau, dtype, block=True):
   optimizer.zero_grad(set_to_none=True)
   loss = torch_loss(model, batch, tau, dtype)
   loss.backward()
   optimizer.step()
-  return loss.item()  # Waits for the device.
+  return loss.item() if block else loss.detach()  # .item() waits for the device.
 
 
 def torch_sync():
@@ -329,10 +335,10 @@ def profile_phases(lair_fns, state, jax_batch, model, torch_opt, torch_batch, ar
   return out
 
 
-# Kernel/op name -> kind, first match wins (cuBLAS/CUTLASS GEMMs are *gemm*/*gmma*/nvjet*,
-# cuDNN attention *fmha*/*flash*/cudnn*; XLA's own kernels are named after their fusions).
-KERNEL_KINDS = (("matmul", ("gemm", "gmma", "xmma", "cutlass", "nvjet", "cublas", "dot", "ynn")),
-                ("attention", ("fmha", "flash", "cudnn", "attention", "sdpa")),
+# Kernel/op name -> kind, first match wins (cuDNN attention is *sdpa*/*fmha*/cudnn*, cuBLAS and
+# CUTLASS GEMMs *gemm*/*gmma*/nvjet*; XLA's own kernels are named after their fusions).
+KERNEL_KINDS = (("attention", ("fmha", "flash", "cudnn", "attention", "sdpa")),
+                ("matmul", ("gemm", "gmma", "xmma", "cutlass", "nvjet", "cublas", "dot", "ynn")),
                 ("random bits", ("threefry", "philox", "rng", "random")),
                 ("scatter/gather", ("scatter", "gather", "dynamic_update_slice")),
                 ("reduction", ("reduce", "reduction")),
@@ -382,10 +388,13 @@ def trace_summary(trace_dir, steps, step_seconds, top=25):
         and not any(k in e["name"] for k in ("ThunkExecutor", "ThreadPool"))):
       per_line[(e["pid"], e["tid"])].append(e)
   by_name, by_kind = collections.Counter(), collections.Counter()
-  for line in per_line.values():  # Leaves only: an event that encloses the next is a parent.
+  for line in per_line.values():
     line.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))
     for e, after in zip(line, line[1:] + [None]):
-      if after is not None and after["ts"] < e["ts"] + e.get("dur", 0.0):
+      # On a CPU line an event that encloses the next is a parent: count leaves only. A GPU
+      # stream's kernels do not nest, but may overlap (Hopper launches the next kernel early).
+      if (not device_pids and after is not None
+          and after["ts"] < e["ts"] + e.get("dur", 0.0)):
         continue
       ms = e.get("dur", 0.0) / 1e3 / steps
       by_name[e["name"]] += ms
@@ -476,14 +485,30 @@ def main(argv=None):
   torch_opt = (torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
                if model is not None else None)
 
-  def run_lair():
+  def run_lair(block=True):
     state["key"], step_key = jax.random.split(state["key"])
     state["params"], state["opt_state"], loss = lair_step(
         state["params"], state["opt_state"], jax_batch, step_key)
-    return float(loss)  # Blocks until the step is done.
+    return float(loss) if block else loss  # float() blocks until the step is done.
 
-  def run_torch():
-    return torch_step(model, torch_opt, torch_batch, args.tau, args.dtype)
+  def run_torch(block=True):
+    return torch_step(model, torch_opt, torch_batch, args.tau, args.dtype, block)
+
+  def pipelined(fn, steps):
+    """(seconds per step, losses) of `steps` steps with one in flight, as lair.train runs them.
+
+    The host reads step i-1's loss only after dispatching step i, so the device never waits
+    for the host between steps; the round ends when the last loss is read.
+    """
+    start = time.perf_counter()
+    pending, losses = None, []
+    for _ in range(steps):
+      loss = fn(block=False)
+      if pending is not None:
+        losses.append(float(pending))
+      pending = loss
+    losses.append(float(pending))
+    return (time.perf_counter() - start) / steps, losses
 
   frameworks = [("lair", run_lair)] + ([("torch", run_torch)] if model is not None else [])
   times = {name: [] for name, _ in frameworks}
@@ -496,6 +521,11 @@ def main(argv=None):
             + (" (includes compilation)" if name == "lair" and i == 0 else ""), flush=True)
   for _ in range(args.rounds):
     for name, fn in frameworks:
+      if args.pipelined:  # One figure per round: its mean step.
+        seconds, round_losses = pipelined(fn, args.steps)
+        times[name].append(seconds)
+        trajectory[name].extend(round_losses)
+        continue
       for _ in range(args.steps):
         seconds, loss = timed(fn)
         times[name].append(seconds)
@@ -514,7 +544,8 @@ def main(argv=None):
       measured["torch"] = torch_matmul_flops(torch_device)
   print(f"\n{'':6s} {'median s/step':>13s} {'padded tok/s':>13s} {'real tok/s':>11s} "
         f"{'model TFLOP/s':>13s} {'utilisation':>24s}  (min..max s/step over "
-        f"{len(times['lair'])} steps)")
+        + (f"{len(times['lair'])} rounds of {args.steps} pipelined steps)" if args.pipelined
+           else f"{len(times['lair'])} steps)"))
   figures = {}
   for name in times:
     achieved = step_flops / median[name]
@@ -539,6 +570,12 @@ def main(argv=None):
   if ratio:
     print(f"lair / torch speed (steps/s ratio): {ratio:.2f}x; load average after: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+  if args.hlo:  # (jit's cache holds this compilation: no second compile.)
+    compiled = lair_step.lower(state["params"], state["opt_state"], jax_batch,
+                               state["key"]).compile()
+    pathlib.Path(args.hlo).write_text(compiled.as_text())
+    print(f"wrote the compiled step's HLO to {args.hlo}")
 
   trace = None
   if args.trace:
@@ -568,8 +605,8 @@ def main(argv=None):
         model=args.model, layers=e.num_layers, hidden=e.hidden_size, vocab=vocab_size,
         batch=args.batch, query_len=args.query_len, passage_len=args.passage_len,
         dtype=args.dtype, activation_dtype=args.activation_dtype, attention=args.attention,
-        remat=args.remat,
-        dropout=args.dropout, attention_dropout=args.attention_dropout,
+        remat=args.remat, dropout=args.dropout, attention_dropout=args.attention_dropout,
+        pipelined=args.pipelined, xla_flags=os.environ.get("XLA_FLAGS", ""),
         device_kind=device_kind, torch_device=torch_device, cpu=cpu_line,
         model_tflop_per_step=step_flops / 1e12, peak_tflops=peak / 1e12 if peak else None,
         measured_matmul_gflops={k: v / 1e9 for k, v in measured.items()},
