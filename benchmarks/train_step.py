@@ -48,6 +48,7 @@ from lair.models import bert  # pylint: disable=g-import-not-at-top,wrong-import
 from lair.models import flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lair.models import hf  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lair.models import retriever  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lair.train import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 E5_DIR = pathlib.Path.home() / ".cache" / "lair" / "multilingual-e5-small"
 # Random-weight shapes: `bert6` MiniLM-sized with BERT-base's vocabulary; `base` BERT-base
@@ -95,6 +96,9 @@ def parse_args(argv=None):
                       help="Keep one step in flight (read step i-1's loss after dispatching step "
                            "i, as lair.train does; PyTorch likewise) and time each round as a "
                            "whole; default: every step waits for its loss.")
+  parser.add_argument("--xla-defaults", action="store_true",
+                      help="Compile lair's step with XLA's default options instead of the "
+                           "trainer's (lair.train.step.compiler_options).")
   parser.add_argument("--hlo", default="",
                       help="Write the compiled lair train step's optimised HLO to this file.")
   parser.add_argument("--trace", default="",
@@ -213,8 +217,10 @@ def make_lair_fns(rcfg, args):
   eval_loss = jax.jit(lambda params, batch: loss_fn(params, batch, jax.random.key(0), False))
   grads_fn = jax.jit(lambda params, batch, rng: jax.value_and_grad(loss_fn)(params, batch, rng,
                                                                             True))
-  return (optimizer, jax.jit(step, donate_argnums=(0, 1)), eval_loss, grads_fn,
-          jax.jit(update, donate_argnums=(0, 1)))
+  # The trainer's XLA options (lair.train.step.compiler_options: on a GPU, no dot merger).
+  options = {} if args.xla_defaults else step_lib.compiler_options()
+  return (optimizer, jax.jit(step, donate_argnums=(0, 1), compiler_options=options), eval_loss,
+          grads_fn, jax.jit(update, donate_argnums=(0, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,12 +463,14 @@ def main(argv=None):
         f"{args.batch} queries x {args.query_len} + {args.batch} passages x {args.passage_len} "
         f"tokens ({padded_tokens} padded, {real_tokens} real), dropout {args.dropout} "
         f"(attention {args.attention_dropout}), tau {args.tau}; lair dtype {args.dtype}, "
-        f"activations {args.activation_dtype}, attention {args.attention}, remat {args.remat or 'off'}; model FLOPs per step "
-        f"{step_flops / 1e12:.3f} TFLOP (lair/models/flops.py)")
+        f"activations {args.activation_dtype}, attention {args.attention}, remat "
+        f"{args.remat or 'off'}; model FLOPs per step {step_flops / 1e12:.3f} TFLOP "
+        f"(lair/models/flops.py)")
+  options = {} if args.xla_defaults else step_lib.compiler_options()
   print(f"jax {jax.__version__} on {jax.default_backend()} ({device_kind}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}); torch {torch.__version__} on "
-        f"{torch_device}, {torch.get_num_threads()} threads, attention "
-        f"{model.config._attn_implementation if model is not None else '-'}; {cpu_line}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, step compiler options {options}); "
+        f"torch {torch.__version__} on {torch_device}, {torch.get_num_threads()} threads, "
+        f"attention {model.config._attn_implementation if model is not None else '-'}; {cpu_line}; "
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
   # Same weights, eval mode (no dropout): the two implementations must agree.
@@ -607,6 +615,7 @@ def main(argv=None):
         dtype=args.dtype, activation_dtype=args.activation_dtype, attention=args.attention,
         remat=args.remat, dropout=args.dropout, attention_dropout=args.attention_dropout,
         pipelined=args.pipelined, xla_flags=os.environ.get("XLA_FLAGS", ""),
+        compiler_options=options,
         device_kind=device_kind, torch_device=torch_device, cpu=cpu_line,
         model_tflop_per_step=step_flops / 1e12, peak_tflops=peak / 1e12 if peak else None,
         measured_matmul_gflops={k: v / 1e9 for k, v in measured.items()},

@@ -247,3 +247,22 @@ def test_frozen_embeddings_cost_nothing_and_train_as_a_constant_table():
     moved = max(moved, float(np.max(np.abs(want - np.asarray(
         traverse_util.flatten_dict(initial)[path])))))
   assert moved > 1e-3  # Three steps at lr 1e-3 moved the params.
+
+
+def test_gpu_compiler_options_are_real_xla_options_and_keep_the_maths(monkeypatch):
+  """The train step's GPU options name real XLA debug options (XLA rejects unknown ones) and
+  leave a computation's values alone; on this CPU the step compiles with none."""
+  assert step_lib.compiler_options() == {}
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  options = step_lib.compiler_options()
+  assert options
+  w = jax.random.normal(jax.random.key(0), (16, 16))
+  a, b = jax.random.normal(jax.random.key(1), (8, 16)), jax.random.normal(jax.random.key(2),
+                                                                          (4, 16))
+  shared_weight = lambda a, b: (jnp.tanh(a @ w), jnp.tanh(b @ w))  # What the dot merger joins.
+  with_options = jax.jit(shared_weight, compiler_options=options)(a, b)
+  w64, a64, b64 = (np.asarray(x, np.float64) for x in (w, a, b))
+  for got, want in zip(with_options, (np.tanh(a64 @ w64), np.tanh(b64 @ w64))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(Exception, match="No such compile option"):
+    jax.jit(shared_weight, compiler_options={"xla_gpu_no_such_option": 0})(a, b)
