@@ -58,6 +58,8 @@ def parse_args():
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                       help="Compute dtype of both (torch: the model's dtype).")
+  parser.add_argument("--activation-dtype", choices=bert.DTYPES, default="float32",
+                      help="lair's residual-stream dtype (model.activation_dtype).")
   parser.add_argument("--attention", choices=bert.ATTENTIONS, default="einsum")
   parser.add_argument("--single-thread", action="store_true",
                       help="One compute thread in both frameworks (fairer on a busy CPU).")
@@ -118,7 +120,8 @@ def build(args, workdir: pathlib.Path):
     enc_cfg = bert.EncoderConfig(model_type="bert", max_position_embeddings=512,
                                  pad_token_id=tokenizer.pad_token_id, **shape)
     enc_params = None
-  enc_cfg = dataclasses.replace(enc_cfg, dtype=args.dtype, attention=args.attention)
+  enc_cfg = dataclasses.replace(enc_cfg, dtype=args.dtype, attention=args.attention,
+                                activation_dtype=args.activation_dtype)
   rcfg = retriever.RetrieverConfig(encoder=enc_cfg, pooling="mean", normalize=True)
   params = retriever.init_retriever(rcfg, jax.random.key(0), enc_params)
   return rcfg, params, tokenizer, words
@@ -158,7 +161,7 @@ def main():
     print(f"model={args.model} ({rcfg.encoder.num_layers} x {rcfg.encoder.hidden_size}, vocab "
           f"{rcfg.encoder.vocab_size}), {len(texts)} sentences, {np.mean(lengths):.1f} tokens "
           f"on average (max {max(lengths)}), batch {args.batch}, max_len {args.max_len}, dtype "
-          f"{args.dtype}, lair attention {args.attention}")
+          f"{args.dtype}, lair activations {args.activation_dtype}, attention {args.attention}")
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; torch {torch.__version__} "
           f"on {device} ({torch.get_num_threads()} threads), sentence-transformers "
           f"{sentence_transformers.__version__}; load average "
@@ -181,7 +184,8 @@ def main():
     print(f"lair / sentence-transformers: {ratio:.2f}x sentences/s")
     if args.json:
       pathlib.Path(args.json).write_text(json.dumps(dict(
-          model=args.model, dtype=args.dtype, attention=args.attention, device=device,
+          model=args.model, dtype=args.dtype, activation_dtype=args.activation_dtype,
+          attention=args.attention, device=device,
           sentences=len(texts), lair_sentences_per_s=rate["lair"],
           st_sentences_per_s=rate["sentence-transformers"], ratio=ratio,
           max_abs_diff=float(np.max(np.abs(ours - theirs))),

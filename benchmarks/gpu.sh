@@ -28,7 +28,12 @@
 # step): enough work per step that the AdamW update over the 278M params (a fixed few ms of
 # memory traffic) is a small part of it. Hidden dropout 0.1, attention dropout 0 in both
 # frameworks (lair's fused attention has no attention dropout). Utilisation is against the
-# device's bf16 dense peak (lair/models/flops.py PEAK_FLOPS, by jax's device_kind).
+# device's bf16 dense peak (lair/models/flops.py PEAK_FLOPS, by jax's device_kind). lair runs as
+# docs/training.md recommends on a GPU: bfloat16 matmuls and residual stream
+# (--activation-dtype bfloat16), the trainer's XLA options (no dot merger); both frameworks are
+# timed with one step in flight (--pipelined), as lair.train runs. Until 2026-11-27 the script
+# kept a float32 residual stream and waited for every step's loss (the H100 figures).
+# benchmarks/gpu_profile.sh says where the step's time goes.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,15 +94,17 @@ run() {
   fi
 }
 
-TRAIN=("$PY" benchmarks/train_step.py --model base --dtype bfloat16 --batch 128 --query-len 64
-       --passage-len 256 --dropout 0.1 --attention-dropout 0 --warmup 2 --steps 3 --rounds 3
-       --no-profile "${QUICK[@]}")
+TRAIN=("$PY" benchmarks/train_step.py --model base --dtype bfloat16 --activation-dtype bfloat16
+       --batch 128 --query-len 64 --passage-len 256 --dropout 0.1 --attention-dropout 0
+       --warmup 2 --steps 5 --rounds 3 --pipelined --no-profile "${QUICK[@]}")
 run train_einsum "${TRAIN[@]}" --attention einsum
 run train_fused "${TRAIN[@]}" --attention dot_product
-run encode_base "$PY" benchmarks/encode.py --model base --dtype bfloat16 --attention dot_product \
-  --sentences 8192 --batch 256 --max-len 128 --rounds 3 "${QUICK[@]}"
+run encode_base "$PY" benchmarks/encode.py --model base --dtype bfloat16 \
+  --activation-dtype bfloat16 --attention dot_product --sentences 8192 --batch 256 --max-len 128 \
+  --rounds 3 "${QUICK[@]}"
 # The same step in float32 (TF32 matmuls on the GPU), for the bfloat16 gain.
-run train_fused_float32 "${TRAIN[@]}" --attention dot_product --dtype float32
+run train_fused_float32 "${TRAIN[@]}" --attention dot_product --dtype float32 \
+  --activation-dtype float32
 # Remat last: it only trades speed for memory.
 run train_fused_remat_dots "${TRAIN[@]}" --attention dot_product --remat dots
 run train_fused_remat_full "${TRAIN[@]}" --attention dot_product --remat full
