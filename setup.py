@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets==4.9.10",
     "etils==1.15.0",  # lair.data.builders imports it (epath), not only tfds.
     "array-record==0.8.6",
+    "filelock==4.3.1",  # Serialises runs building the same data cache (lair.data.builders).
     # ScaNN publishes Linux wheels only (x86_64, aarch64); elsewhere evaluation uses exact search.
     "scann==1.4.2; platform_system == 'Linux'",
     "tensorboardX==2.6.5",

@@ -7,6 +7,9 @@ import json
 import logging
 import os
 import pathlib
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -468,6 +471,39 @@ def test_build_parallel_reports_capped(tmp_path):
   c.data.parallel.max_pairs_per_language = 4
   built = builders.build_parallel(c, str(tmp_path / "cache"))
   assert built.stats["rows"] == 4 and built.stats["capped"] == 10 - 4
+
+
+_CONCURRENT_BUILD = """
+import sys, time
+from lair.data import builders
+cache_dir, barrier = sys.argv[1], float(sys.argv[2])
+features = builders.tfds.features.FeaturesDict({"text": builders.tfds.features.Text()})
+
+def rows(log):
+  print("BUILDING", flush=True)
+  time.sleep(1.0)  # Both processes are inside the build at once without the lock.
+  yield from ({"text": f"row {i}"} for i in range(5))
+
+time.sleep(max(0.0, barrier - time.time()))
+built = builders.build_rows("mono", features, rows, files=[], options={}, cache_dir=cache_dir,
+                            strict=False)
+print("ROWS", len(built.source), sorted(built.source[i]["text"].decode() for i in range(5)))
+"""
+
+
+def test_two_processes_building_one_stream_build_it_once(tmp_path):
+  """Runs sharing a cache_dir may build the same stream at the same moment: both get the rows,
+  built by one of them (without the lock tfds's final rename failed in the later one)."""
+  barrier = time.time() + 8  # Past both interpreters' start-up: they enter the build together.
+  procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_BUILD, str(tmp_path / "cache"),
+                             str(barrier)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for _ in range(2)]
+  outputs = [proc.communicate(timeout=300) for proc in procs]
+  for proc, (out, err) in zip(procs, outputs):
+    assert proc.returncode == 0, err[-2000:]
+  want = "ROWS 5 " + str(sorted(f"row {i}" for i in range(5)))
+  assert [out.splitlines()[-1] for out, _ in outputs] == [want, want]
+  assert sum(out.count("BUILDING") for out, _ in outputs) == 1
 
 
 # ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 
 from absl import logging
 from etils import epath
+import filelock
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -125,8 +126,8 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
 
   Raises `DataError` when the stream has no usable row at all.
   """
-  data_dir = os.path.join(cache_dir, f"{name}-{cache_key(name, files, dict(options, strict=strict))}")
-  stats_path = os.path.join(data_dir, _STATS_FILE)
+  key = cache_key(name, files, dict(options, strict=strict))
+  data_dir = os.path.join(cache_dir, f"{name}-{key}")
   log = readers.SkipLog(strict=strict)
 
   written = [0]
@@ -140,30 +141,44 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
       raise readers.DataError(f"stream {name!r}: no usable rows in {files} "
                               f"(skipped: {log.total_skipped()})")
 
-  builder = _RowsBuilder(features=features, rows_fn=counted_rows, data_dir=data_dir)
-  if os.path.exists(stats_path) and builder.is_prepared():
-    with open(stats_path) as f:
-      stats = json.load(f)
-    logging.info("stream %s: reusing %d rows in %s", name, stats["rows"], data_dir)
-  else:
-    tfds.disable_progress_bar()  # Row counts are logged below; tqdm bars only clutter logs.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        compute_stats=tfds.download.ComputeStatsMode.SKIP))
-    stats = log.as_dict()
-    stats["rows"] = written[0]  # Per-file counts are rows read; a reader may read more.
-    if log.capped:  # Rows read but left out on purpose, counted and logged by the cap.
-      stats["capped"] = log.capped
-    if log.held_out:  # Rows read but kept for the monolingual stream (data.mono.from_parallel).
-      stats["held_out"] = log.held_out
-    with open(stats_path + ".tmp", "w") as f:
-      json.dump(stats, f, indent=1)
-    os.replace(stats_path + ".tmp", stats_path)
+  # Runs that share a cache_dir may build the same stream at once, and tfds's final rename of
+  # the later build then fails. A lock beside the folder serialises them: the later process
+  # waits, then reuses what the first one built (its builder is made after the wait, as tfds
+  # reads a folder's state when a builder is made).
+  os.makedirs(cache_dir, exist_ok=True)
+  with filelock.FileLock(data_dir + ".lock"):
+    builder = _RowsBuilder(features=features, rows_fn=counted_rows, data_dir=data_dir)
+    stats = _build_or_reuse(builder, name, data_dir, log, written)
   logging.info("stream %s: %d rows, skipped %s", name, stats["rows"], stats["skipped"] or 0)
   source = builder.as_data_source()["train"]
   if len(source) != stats["rows"]:
     raise readers.DataError(f"{data_dir}: holds {len(source)} rows but its build counted "
                             f"{stats['rows']}; delete the folder to rebuild")
   return BuiltStream(name=name, source=source, stats=stats, data_dir=data_dir)
+
+
+def _build_or_reuse(builder, name: str, data_dir: str, log: readers.SkipLog,
+                    written: list) -> dict:
+  """The stream's stats: read back from a finished build, or from building it now."""
+  stats_path = os.path.join(data_dir, _STATS_FILE)
+  if os.path.exists(stats_path) and builder.is_prepared():
+    with open(stats_path) as f:
+      stats = json.load(f)
+    logging.info("stream %s: reusing %d rows in %s", name, stats["rows"], data_dir)
+    return stats
+  tfds.disable_progress_bar()  # Row counts are logged below; tqdm bars only clutter logs.
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  stats = log.as_dict()
+  stats["rows"] = written[0]  # Per-file counts are rows read; a reader may read more.
+  if log.capped:  # Rows read but left out on purpose, counted and logged by the cap.
+    stats["capped"] = log.capped
+  if log.held_out:  # Rows read but kept for the monolingual stream (data.mono.from_parallel).
+    stats["held_out"] = log.held_out
+  with open(stats_path + ".tmp", "w") as f:
+    json.dump(stats, f, indent=1)
+  os.replace(stats_path + ".tmp", stats_path)
+  return stats
 
 
 def _text():
