@@ -2,11 +2,12 @@
 # Where lair's GPU train step spends its time, and what moves it: the base-shape bfloat16 step
 # (fused attention) traced with jax.profiler and summarised by kernel kind, side by side with
 # PyTorch eager; then lair alone with the residual stream in bfloat16
-# (--activation-dtype bfloat16, traced too), without Triton GEMMs (cuBLAS for every matmul),
-# at twice the batch, and without dropout. Each run prints its table; JSONs and the Perfetto traces
-# (open them at ui.perfetto.dev) land in $OUT (./gpu_profile when OUT is unset). About 5 minutes
-# on an H100/H200, most of it compiling; a run that would start after LAIR_GPU_BUDGET_S seconds
-# (default 330) is skipped.
+# (--activation-dtype bfloat16, traced too), the same with XLA's default options instead of the
+# trainer's (--xla-defaults: the dot merger on), without Triton GEMMs (cuBLAS for every matmul),
+# at twice the batch, and without dropout. Each run prints its table; JSONs and the Perfetto
+# traces (open them at ui.perfetto.dev) land in $OUT (./gpu_profile when OUT is unset). About 6-7
+# minutes on an H100/H200, most of it compiling; a run that would start after LAIR_GPU_BUDGET_S
+# seconds (default 400) is skipped. docs/training.md "Measured on an H200" has its figures.
 #
 #   bash benchmarks/gpu_profile.sh              # from the checkout's root, on the GPU machine
 #   LAIR_BENCH_QUICK=1 bash benchmarks/gpu_profile.sh  # tiny shapes: checks the script (CPU too)
@@ -19,7 +20,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 OUT_DIR="${OUT:-$REPO/gpu_profile}"
 mkdir -p "$OUT_DIR"
-BUDGET_S="${LAIR_GPU_BUDGET_S:-330}"
+BUDGET_S="${LAIR_GPU_BUDGET_S:-400}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.45}"
 export PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
@@ -53,6 +54,7 @@ run() {
 
 run baseline -- --trace /tmp/lair_trace_baseline
 run act_bf16 -- --no-torch --activation-dtype bfloat16 --trace /tmp/lair_trace_act_bf16
+run act_bf16_xla_defaults -- --no-torch --activation-dtype bfloat16 --xla-defaults
 run act_bf16_cublas XLA_FLAGS=--xla_gpu_enable_triton_gemm=false -- --no-torch \
   --activation-dtype bfloat16
 run act_bf16_batch256 -- --no-torch --activation-dtype bfloat16 --batch 256
