@@ -68,7 +68,7 @@ class EncoderConfig:
   attention_dropout: float = 0.1
   pad_token_id: int = 0
   dtype: str = "float32"  # Matmul dtype ("float32" | "bfloat16"); params stay float32.
-  # Residual-stream dtype ("float32" | "bfloat16"; module docstring). Pair "bfloat16" with it.
+  # Residual-stream dtype ("float32" | "bfloat16"; module docstring); use with dtype="bfloat16".
   activation_dtype: str = "float32"
   attention: str = "einsum"  # ATTENTIONS (module docstring); "einsum" is the reference.
   remat: str = ""  # REMAT_POLICIES: "" | "full" | "dots" (module docstring).
