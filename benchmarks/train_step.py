@@ -579,7 +579,7 @@ def main(argv=None):
     print(f"lair / torch speed (steps/s ratio): {ratio:.2f}x; load average after: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
-  if args.hlo:  # (jit's cache holds this compilation: no second compile.)
+  if args.hlo:  # After the timing: lowering ahead of time may compile the step once more.
     compiled = lair_step.lower(state["params"], state["opt_state"], jax_batch,
                                state["key"]).compile()
     pathlib.Path(args.hlo).write_text(compiled.as_text())
