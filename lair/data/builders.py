@@ -141,14 +141,26 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
       raise readers.DataError(f"stream {name!r}: no usable rows in {files} "
                               f"(skipped: {log.total_skipped()})")
 
-  # Runs that share a cache_dir may build the same stream at once, and tfds's final rename of
-  # the later build then fails. A lock beside the folder serialises them: the later process
-  # waits, then reuses what the first one built (its builder is made after the wait, as tfds
-  # reads a folder's state when a builder is made).
-  os.makedirs(cache_dir, exist_ok=True)
-  with filelock.FileLock(data_dir + ".lock"):
-    builder = _RowsBuilder(features=features, rows_fn=counted_rows, data_dir=data_dir)
-    stats = _build_or_reuse(builder, name, data_dir, log, written)
+  builder = _RowsBuilder(features=features, rows_fn=counted_rows, data_dir=data_dir)
+  stats = _finished_build(builder, name, data_dir)  # Reuse writes nothing (read-only caches).
+  if stats is None:
+    # Runs that share a cache_dir may build the same stream at once, and tfds's final rename
+    # of the later build then fails. A lock beside the folder serialises them: the later
+    # process waits, then reuses what the first one built (with a builder made after the wait:
+    # tfds reads a folder's state when a builder is made).
+    os.makedirs(cache_dir, exist_ok=True)
+    lock = filelock.FileLock(data_dir + ".lock")
+    try:
+      lock.acquire(timeout=0)
+    except filelock.Timeout:
+      logging.info("stream %s: another process is building %s; waiting for it", name, data_dir)
+      lock.acquire()
+    try:
+      builder = _RowsBuilder(features=features, rows_fn=counted_rows, data_dir=data_dir)
+      stats = _finished_build(builder, name, data_dir) or _build(builder, data_dir, log,
+                                                                  written)
+    finally:
+      lock.release()
   logging.info("stream %s: %d rows, skipped %s", name, stats["rows"], stats["skipped"] or 0)
   source = builder.as_data_source()["train"]
   if len(source) != stats["rows"]:
@@ -157,15 +169,20 @@ def build_rows(name: str, features: tfds.features.FeaturesDict,
   return BuiltStream(name=name, source=source, stats=stats, data_dir=data_dir)
 
 
-def _build_or_reuse(builder, name: str, data_dir: str, log: readers.SkipLog,
-                    written: list) -> dict:
-  """The stream's stats: read back from a finished build, or from building it now."""
+def _finished_build(builder, name: str, data_dir: str):
+  """The stats of a finished build of the stream in `data_dir`, or None."""
   stats_path = os.path.join(data_dir, _STATS_FILE)
-  if os.path.exists(stats_path) and builder.is_prepared():
-    with open(stats_path) as f:
-      stats = json.load(f)
-    logging.info("stream %s: reusing %d rows in %s", name, stats["rows"], data_dir)
-    return stats
+  if not (os.path.exists(stats_path) and builder.is_prepared()):
+    return None
+  with open(stats_path) as f:
+    stats = json.load(f)
+  logging.info("stream %s: reusing %d rows in %s", name, stats["rows"], data_dir)
+  return stats
+
+
+def _build(builder, data_dir: str, log: readers.SkipLog, written: list) -> dict:
+  """Builds the stream's rows into `data_dir`; its stats (rows, skips), also written there."""
+  stats_path = os.path.join(data_dir, _STATS_FILE)
   tfds.disable_progress_bar()  # Row counts are logged below; tqdm bars only clutter logs.
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       compute_stats=tfds.download.ComputeStatsMode.SKIP))
