@@ -193,7 +193,7 @@ def random_batch(rng, batch, length, vocab_size, pad_id):
 # lair
 
 
-def make_lair_fns(rcfg, args):
+def make_lair_fns(rcfg, args, compiler_options):
   """(optimizer, step, eval_loss, grads_fn, update_fn), all jitted; step donates its state."""
   optimizer = optax.adamw(args.lr, weight_decay=args.weight_decay)
 
@@ -217,10 +217,8 @@ def make_lair_fns(rcfg, args):
   eval_loss = jax.jit(lambda params, batch: loss_fn(params, batch, jax.random.key(0), False))
   grads_fn = jax.jit(lambda params, batch, rng: jax.value_and_grad(loss_fn)(params, batch, rng,
                                                                             True))
-  # The trainer's XLA options (lair.train.step.compiler_options: on a GPU, no dot merger).
-  options = {} if args.xla_defaults else step_lib.compiler_options()
-  return (optimizer, jax.jit(step, donate_argnums=(0, 1), compiler_options=options), eval_loss,
-          grads_fn, jax.jit(update, donate_argnums=(0, 1)))
+  return (optimizer, jax.jit(step, donate_argnums=(0, 1), compiler_options=compiler_options),
+          eval_loss, grads_fn, jax.jit(update, donate_argnums=(0, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,6 +464,7 @@ def main(argv=None):
         f"activations {args.activation_dtype}, attention {args.attention}, remat "
         f"{args.remat or 'off'}; model FLOPs per step {step_flops / 1e12:.3f} TFLOP "
         f"(lair/models/flops.py)")
+  # The trainer's XLA options (lair.train.step.compiler_options: on a GPU, no dot merger).
   options = {} if args.xla_defaults else step_lib.compiler_options()
   print(f"jax {jax.__version__} on {jax.default_backend()} ({device_kind}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, step compiler options {options}); "
@@ -474,7 +473,7 @@ def main(argv=None):
         f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 
   # Same weights, eval mode (no dropout): the two implementations must agree.
-  lair_fns = make_lair_fns(rcfg, args)
+  lair_fns = make_lair_fns(rcfg, args, options)
   optimizer, lair_step, lair_eval_loss = lair_fns[:3]
   lair_initial = float(lair_eval_loss(params, jax_batch))
   if model is not None:
