@@ -84,8 +84,8 @@ def run_pool(name: str, pool: np.ndarray, queries: np.ndarray, k: int, sweep: bo
   searcher.search_batched(queries[:8], final_num_neighbors=k)  # Warm-up.
   variants = [("auto", s["num_leaves_to_search"], s["reorder"])]
   if sweep:  # The same tree and codes, other leaves / re-ranked candidates at query time.
-    variants += [(f"leaves {f:.0%} reorder {r}", max(1, round(f * s["num_leaves"])), r)
-                 for f in (0.01, 0.02, 0.03, 0.05, 0.1, 0.2) for r in (100, 300)]
+    variants += [(f"leaves {f:.1%} reorder {r}", max(1, round(f * s["num_leaves"])), r)
+                 for f in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2) for r in (100, 200, 300)]
   for label, leaves, reorder in variants:
     ids = None
     for method in ("search_batched", "search_batched_parallel"):
