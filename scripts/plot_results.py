@@ -81,11 +81,16 @@ def spread(values) -> str:
   return f"{np.mean(values):.3f} ±{(max(values) - min(values)) / 2:.3f}"
 
 
+def ordered(data: dict) -> list:
+  """The variants of `data` in ORDER, then any others (e.g. lang_0.3_sg_bs_hn) by name."""
+  return [n for n in ORDER if n in data] + sorted(set(data) - set(ORDER))
+
+
 def variant_table(data: dict) -> str:
   head = ("| run | seeds | XQuAD-R mAP@20 | " + " | ".join(LANGS)
           + " | own-language excess@20 | language-ID probe | s/step |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
-  for name in [n for n in ORDER if n in data] + sorted(set(data) - set(ORDER)):
+  for name in ordered(data):
     rows = data[name]
     get = lambda key: [m.get(key, float("nan")) for _, _, m in rows]
     cells = [spread(get("xquad-r/map@20/mean"))]
@@ -100,7 +105,7 @@ def variant_table(data: dict) -> str:
 def language_table(data: dict) -> str:
   lines = ["| run | seed | identity (first log) | noise (first log) | identity (last) | noise "
            "(last) |", "|---|---|---|---|---|---|"]
-  for name in [n for n in ORDER if n.startswith("lang_") and n in data]:
+  for name in [n for n in ordered(data) if n.startswith("lang_")]:
     for seed, run, _ in data[name]:
       split = language_split(run)
       if split:
@@ -136,7 +141,7 @@ def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  names = [n for n in ORDER if n in data]
+  names = ordered(data)
   fig, ax = plt.subplots(figsize=(11, 4.2))
   width = 0.8 / len(names)
   for i, name in enumerate(names):
