@@ -20,7 +20,8 @@ import numpy as np
 
 LANGS = ["en", "de", "es", "ru", "zh"]
 ORDER = ["backbone", "ir", "ir_sem", "ir_sem_hn", "ir_sem_bs", "ir_sem_bs_hn", "lang_0.1",
-         "lang_0.1_sg", "lang_0.3", "lang_0.3_sg", "lang_1", "lang_1_sg", "lowres"]
+         "lang_0.1_sg", "lang_0.3", "lang_0.3_sg", "lang_0.3_sg_bs_hn", "lang_1", "lang_1_sg",
+         "lowres"]
 
 
 def load_json(path: pathlib.Path):
