@@ -93,7 +93,7 @@ def run_pool(name: str, pool: np.ndarray, queries: np.ndarray, k: int, sweep: bo
                                  leaves_to_search=leaves, pre_reorder_num_neighbors=reorder)
       r, qps = recall(np.asarray(ids), exact_ids), len(queries) / search_s
       threads = "1 thread " if method == "search_batched" else "all cores"
-      print(f"  ScaNN {label:24s} {threads}  recall@{k} {r:.4f}  {qps:9.1f} queries/s  "
+      print(f"  ScaNN {label:25s} {threads}  recall@{k} {r:.4f}  {qps:9.1f} queries/s  "
             f"{qps / exact_qps:6.1f}x exact  (leaves {leaves}/{s['num_leaves']}, reorder "
             f"{reorder}; build {build_s:.1f}s)", flush=True)
       results.append(dict(pool=name, n=n, settings=label, method=method, recall=r, qps=qps,
