@@ -36,8 +36,8 @@ excess@20 0.117 (backbone 0.589); language-ID probe 0.61 (backbone 0.995); Tatoe
 languages) 0.915 against the backbone's 0.863, no language lower. The issue's target (0.70, no
 language below 0.65) is not reached at this budget. The language loss (lang_0.3_sg, 2 seeds,
 lr 5e-5) gave 0.629 ±0.001 against ir_sem's 0.634, and on top of the recipe (lang_0.3_sg_bs_hn,
-1 seed) 0.6629 against the same seed's 0.6625, so the recipe leaves it off. One seed each at lr
-1e-4: IR only 0.590 (zh 0.478); lowres 0.651 (zh 0.564).
+1 seed) 0.6629 against the same seed's 0.6625, so the recipe leaves it off. At lr
+1e-4: IR only 0.590 (1 seed; zh 0.478); lowres 0.653 ±0.001 (2 seeds; zh 0.565).
 """
 import os
 import pathlib
