@@ -131,16 +131,20 @@ def test_bfloat16_activations_are_close_to_float32():
   assert hidden.dtype == jnp.float32  # Cast back for pooling and the losses.
   hidden_shape = ids.shape + (CONFIG.hidden_size,)
 
-  def bf16_hidden_adds(config):  # [B, L, H] adds in bfloat16 (Dense biases and residual sums).
+  def equations(config):
     jaxpr = jax.make_jaxpr(functools.partial(bert.encode, config=config))(params, ids, mask)
-    return [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "add"
+    return list(_equations(jaxpr.jaxpr))
+
+  def bf16_hidden_adds(eqns):  # [B, L, H] adds in bfloat16 (Dense biases and residual sums).
+    return [e for e in eqns if e.primitive.name == "add"
             and e.outvars[0].aval.shape == hidden_shape
-            and e.outvars[0].aval.dtype == jnp.bfloat16], list(_equations(jaxpr.jaxpr))
+            and e.outvars[0].aval.dtype == jnp.bfloat16]
 
   # Against bfloat16 matmuls alone, both residual sums of every layer move to bfloat16.
-  adds16, eqns = bf16_hidden_adds(bf16)
-  adds32, _ = bf16_hidden_adds(dataclasses.replace(bf16, activation_dtype="float32"))
-  assert len(adds16) - len(adds32) == 2 * CONFIG.num_layers
+  eqns = equations(bf16)
+  f32_stream = equations(dataclasses.replace(bf16, activation_dtype="float32"))
+  assert (len(bf16_hidden_adds(eqns)) - len(bf16_hidden_adds(f32_stream))
+          == 2 * CONFIG.num_layers)
   # LayerNorm's mean and variance and the softmax reduce in float32.
   reductions = [e for e in eqns if e.primitive.name in ("reduce_max", "reduce_sum")]
   assert reductions and all(v.aval.dtype == jnp.float32 for e in reductions for v in e.invars)
