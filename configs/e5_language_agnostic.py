@@ -39,7 +39,7 @@ lr 5e-5) gave 0.629 ±0.001 against ir_sem's 0.634, and on top of the recipe (la
 1 seed) 0.6629 against the same seed's 0.6625, so the recipe leaves it off. At lr
 1e-4: IR only 0.590 (1 seed; zh 0.478); lowres 0.653 ±0.001 (2 seeds; zh 0.565). Neither 400
 steps (1 seed: 0.665, 54 minutes of training) nor loss.tau 0.02 (1 seed: 0.626, own-language
-excess 0.208) beat the recipe.
+excess 0.208) or 0.1 (1 seed: 0.651, excess 0.073) beat the recipe.
 """
 import os
 import pathlib
