@@ -138,7 +138,11 @@ def tatoeba_table(runs: pathlib.Path) -> str:
 
 
 def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top  (an optional extra: [plots])
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top  (an optional extra: [plots])
+  except ImportError:
+    sys.exit("scripts/plot_results.py: the tables went to stdout, but the pictures need "
+             "matplotlib: pip install -e '.[plots]', then run this script again")
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 

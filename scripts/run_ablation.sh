@@ -19,7 +19,8 @@
 # Order (priority): the backbone; every variant with the first seed; every variant with the
 # other seeds; then Tatoeba (all 112 languages, or TATOEBA_LANGUAGES) for the backbone and the
 # recipe.
-# Then scripts/plot_results.py writes RUNS/results.md and the pictures in docs/.
+# Then scripts/plot_results.py writes RUNS/results.md and the pictures in docs/ (matplotlib: the
+# [plots] extra, pip install -e '.[plots]').
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
