@@ -134,8 +134,8 @@ def get_config(arg=None):
     c.loss.language_inputs = "mono"
     c.data.mono.from_parallel = 1000
 
-  # 64 beat 32 in both seeds, by twice the seed spread (docs/results.md, fifth round); twice the
-  # step time.
+  # 64 beat 32 in both seeds, by twice the range of 32's seeds (docs/results.md, fifth round),
+  # at twice the step time.
   c.train.batch_size = 64
   c.train.parallel_batch_size = 64
   c.train.mono_batch_size = 32
