@@ -1,11 +1,13 @@
 r"""Tables and pictures of the ablation in docs/results.md, from the runs' own files.
 
-    python scripts/plot_results.py --runs=runs/ablation --out=docs > runs/ablation/results.md
+    python scripts/plot_results.py --runs=runs/ablation > runs/ablation/results.md
+    python scripts/plot_results.py --runs=runs/lr1e-4 --out=docs   # the pictures docs/ shows
 
 Reads RUNS/NAME/eval/step_N.json (training runs, NAME = VARIANT_sSEED), RUNS/backbone/eval/
 eval.json, RUNS/tatoeba_{backbone,recipe}/eval/eval.json and each run's metrics.jsonl (step
 times, the language loss's identity/noise split). Prints Markdown tables (seeds as mean ± half
-the range) and writes, with matplotlib (`pip install -e '.[plots]'`):
+the range) and writes, with matplotlib (`pip install -e '.[plots]'`), into OUT (default: RUNS, so
+that exploring runs never overwrite the pictures committed in docs/):
   OUT/results_map20.png     XQuAD-R mAP@20 per question language for every variant
   OUT/results_bias.png      question x answer language recall@20: the backbone and the recipe
 """
@@ -190,11 +192,12 @@ def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--runs", default="runs/ablation")
-  parser.add_argument("--out", default="docs", help="folder for the pictures")
+  parser.add_argument("--out", default="", help="folder for the pictures (default: --runs)")
   parser.add_argument("--recipe", default="", help="variant of the recipe (default: the "
                       "RECIPE of configs/e5_language_agnostic.py)")
   args = parser.parse_args(argv)
-  runs, out = pathlib.Path(args.runs), pathlib.Path(args.out)
+  runs = pathlib.Path(args.runs)
+  out = pathlib.Path(args.out or args.runs)
   recipe = args.recipe
   if not recipe:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))

@@ -19,8 +19,9 @@
 # Order (priority): the backbone; every variant with the first seed; every variant with the
 # other seeds; then Tatoeba (all 112 languages, or TATOEBA_LANGUAGES) for the backbone and the
 # recipe.
-# Then scripts/plot_results.py writes RUNS/results.md and the pictures in docs/ (matplotlib: the
-# [plots] extra, pip install -e '.[plots]').
+# Then scripts/plot_results.py writes RUNS/results.md and the pictures in RUNS (matplotlib: the
+# [plots] extra, pip install -e '.[plots]'); the pictures in docs/ are drawn only on purpose, with
+# the command docs/results.md gives, so an exploring run cannot overwrite them.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -116,5 +117,5 @@ import e5_language_agnostic as c; print(c.RECIPE)")"
       --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_recipe"
 fi
 
-"$PYTHON" scripts/plot_results.py --runs="$RUNS" --out=docs > "$RUNS/results.md"
-echo "lair ablation: tables in $RUNS/results.md, pictures in docs/"
+"$PYTHON" scripts/plot_results.py --runs="$RUNS" > "$RUNS/results.md"
+echo "lair ablation: tables in $RUNS/results.md, pictures in $RUNS/"
