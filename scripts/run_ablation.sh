@@ -6,7 +6,7 @@
 # Environment: RUNS (default runs/ablation in the repository) holds one workdir per run; SEEDS
 # (default "0 1"); VARIANTS (default: all of them, in the order below; none: no training
 # run); TATOEBA=0 skips the Tatoeba runs (all 112 languages embed 177k sentences per model:
-# about an hour each on a 2-core CPU), TATOEBA_LANGUAGES="ara deu ..." limits them to those
+# 13-14 minutes each on an idle 2-core CPU), TATOEBA_LANGUAGES="ara deu ..." limits them to those
 # languages; PYTHON (default python3); E5 the multilingual-e5-small folder (default
 # ~/.cache/lair/multilingual-e5-small; written by ../shared/tools/e5_small_checkpoint.py);
 # LAIR_SHARED_DATA the data folder (default ../shared/data). Extra --config.* flags go to every
