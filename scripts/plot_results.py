@@ -148,6 +148,15 @@ def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  # Runs without an XQuAD-R evaluation (a backbone skipped with backbone/DONE, a variant not yet
+  # evaluated) have nothing to draw: leave them out rather than draw empty bars.
+  data = {name: [r for r in rows if "xquad-r/map@20/mean" in r[2]] for name, rows in data.items()}
+  data = {name: rows for name, rows in data.items() if rows}
+  if not data:
+    print("scripts/plot_results.py: no XQuAD-R evaluation under the runs; no pictures drawn",
+          file=sys.stderr)
+    return
+  out.mkdir(parents=True, exist_ok=True)
   names = ordered(data)
   fig, ax = plt.subplots(figsize=(11, 4.2))
   width = 0.8 / len(names)
