@@ -179,6 +179,10 @@ def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
 
   panels = [("backbone", data.get("backbone")), (recipe, data.get(recipe))]
   panels = [(n, rows) for n, rows in panels if rows]
+  if not panels:
+    print(f"scripts/plot_results.py: neither the backbone nor {recipe} has an XQuAD-R evaluation "
+          "under the runs; results_bias.png not drawn", file=sys.stderr)
+    return
   fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), squeeze=False)
   for ax, (name, rows) in zip(axes[0], panels):
     matrix = np.nanmean([bias_matrix(m) for _, _, m in rows], axis=0)
