@@ -176,6 +176,7 @@ def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
   fig.tight_layout()
   fig.savefig(out / "results_map20.png", dpi=110)
   plt.close(fig)
+  print(f"scripts/plot_results.py: drew {out / 'results_map20.png'}", file=sys.stderr)
 
   panels = [("backbone", data.get("backbone")), (recipe, data.get(recipe))]
   panels = [(n, rows) for n, rows in panels if rows]
@@ -200,6 +201,7 @@ def plot(data: dict, recipe: str, out: pathlib.Path) -> None:
   fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
   fig.savefig(out / "results_bias.png", dpi=110)
   plt.close(fig)
+  print(f"scripts/plot_results.py: drew {out / 'results_bias.png'}", file=sys.stderr)
 
 
 def main(argv=None):

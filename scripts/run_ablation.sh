@@ -117,5 +117,6 @@ import e5_language_agnostic as c; print(c.RECIPE)")"
       --config.eval.sets="$sets" --workdir="$RUNS/tatoeba_recipe"
 fi
 
+# plot_results.py names on stderr each picture it drew (none for runs without an evaluation).
 "$PYTHON" scripts/plot_results.py --runs="$RUNS" > "$RUNS/results.md"
-echo "lair ablation: tables in $RUNS/results.md, pictures in $RUNS/"
+echo "lair ablation: tables in $RUNS/results.md"
