@@ -74,14 +74,25 @@ def test_loss_falls_and_logs(unbroken_run):
   rows = read_metrics(unbroken_run)
   assert [r["step"] for r in rows] == list(range(5, STEPS + 1, 5))
   for key in ("loss", "ir", "semantic", "language", "learning_rate", "grad_norm",
-              "examples_per_s", "tokens_per_s"):
+              "examples_per_s", "tokens_per_s", "model_tflops_per_s"):
     assert all(np.isfinite(r[key]) for r in rows), key
+  assert all(r["model_tflops_per_s"] > 0 for r in rows)
   first, last = np.mean([r["loss"] for r in rows[:2]]), np.mean([r["loss"] for r in rows[-2:]])
   assert last < 0.8 * first, (first, last)
   assert rows[-1]["compiles"] == 1  # One length bucket: the step compiled once.
   assert list((unbroken_run / "tensorboard").glob("events.out.tfevents.*"))
   # Kept checkpoints: the last two (keep_checkpoints=2), the final one included.
   assert checkpoints(unbroken_run).all_steps() == [40, 50]
+
+
+def test_log_line_gives_the_model_flop_rate_in_a_readable_unit():
+  from lair.train import loop  # pylint: disable=g-import-not-at-top
+  cpu = loop.summarize_scalars({"loss": 0.5, "examples_per_s": 10, "tokens_per_s": 534,
+                                "model_tflops_per_s": 0.0523})
+  assert cpu.endswith("| 10 examples/s 534 tokens/s 52.3 GFLOP/s"), cpu
+  gpu = loop.summarize_scalars({"loss": 0.5, "examples_per_s": 4000, "tokens_per_s": 600000,
+                                "model_tflops_per_s": 263.4, "mfu": 0.266})
+  assert gpu.endswith("4,000 examples/s 600,000 tokens/s 263.4 TFLOP/s, MFU 26.6%"), gpu
 
 
 def test_evaluation_keeps_the_best_params(tmp_path, unbroken_run):

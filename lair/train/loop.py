@@ -299,7 +299,8 @@ class MetricWriter:
 
 def summarize_scalars(scalars: Mapping[str, float]) -> str:
   """The log line's text: "loss=0.35 (ir 0.0006 semantic 0.0001 language 0.6958) lr=1.8e-06
-  grad_norm=0.08 | 263 examples/s 4,484 tokens/s"; every scalar is in metrics.jsonl."""
+  grad_norm=0.08 | 263 examples/s 4,484 tokens/s 52.3 GFLOP/s" (model FLOPs, lair/models/flops.py;
+  ", MFU 26.6%" after it where the chip's peak is known); every scalar is in metrics.jsonl."""
   terms = [f"{name} {scalars[name]:.4g}" for name in (*objectives.WEIGHT_KEYS,
                                                       "language_identity", "language_noise")
            if name in scalars]
@@ -311,8 +312,11 @@ def summarize_scalars(scalars: Mapping[str, float]) -> str:
   if "examples_per_s" in scalars:
     text += (f" | {scalars['examples_per_s']:,.0f} examples/s "
              f"{scalars['tokens_per_s']:,.0f} tokens/s")
+  if "model_tflops_per_s" in scalars:  # A CPU reaches tens of GFLOP/s, a GPU hundreds of TFLOP/s.
+    rate = scalars["model_tflops_per_s"]
+    text += f" {rate:.1f} TFLOP/s" if rate >= 1 else f" {rate * 1e3:.1f} GFLOP/s"
   if "mfu" in scalars:  # Only where the chip's peak is known (lair/models/flops.py).
-    text += f" {scalars['model_tflops_per_s']:.1f} TFLOP/s, MFU {scalars['mfu']:.1%}"
+    text += f", MFU {scalars['mfu']:.1%}"
   return text.strip()
 
 
