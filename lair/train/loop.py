@@ -312,7 +312,7 @@ def summarize_scalars(scalars: Mapping[str, float]) -> str:
   if "examples_per_s" in scalars:
     text += (f" | {scalars['examples_per_s']:,.0f} examples/s "
              f"{scalars['tokens_per_s']:,.0f} tokens/s")
-  if "model_tflops_per_s" in scalars:  # A CPU reaches tens of GFLOP/s, a GPU hundreds of TFLOP/s.
+  if "model_tflops_per_s" in scalars:  # CPUs run at GFLOP/s, GPUs at hundreds of TFLOP/s.
     rate = scalars["model_tflops_per_s"]
     text += f" {rate:.1f} TFLOP/s" if rate >= 1 else f" {rate * 1e3:.1f} GFLOP/s"
   if "mfu" in scalars:  # Only where the chip's peak is known (lair/models/flops.py).
