@@ -48,8 +48,9 @@ own-language excess 0.208) or 0.1 (1 seed: 0.651, excess 0.073) beat the batch-3
 batches of 64 did, in both seeds (fifth round); at batches of 64, lr 2e-4 did not (1 seed:
 0.663). On the batch-32 recipe (1 seed each, seventh round), neither 3 hard negatives per
 question (0.666 against the same seed's 0.6625, zh lower, own-language excess 0.128) nor
-training the token embeddings (0.662, Tatoeba unchanged) beat the seed spread; without its
-hard negative (ir_sem_bs, 1 seed) the batch-32 recipe falls to 0.636.
+training the token embeddings (0.662, Tatoeba unchanged) beat the seed spread, nor did semantic
+weight 2 (eighth round: 0.664); without its hard negative (ir_sem_bs, 1 seed) the batch-32
+recipe falls to 0.636.
 """
 import os
 import pathlib
