@@ -227,24 +227,34 @@ def test_set_errors_name_the_entry_and_field():
 # The sharded encoder on 8 devices.
 # ------------------------------------------------------------------------------------------------
 
+def tiny_text_encoder_inputs():
+  """(tokenizer, rcfg, params, texts): a 2-layer encoder over a word-level vocabulary, 21 texts."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  from tokenizers import models, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top
+  from lair.models import bert, retriever  # pylint: disable=g-import-not-at-top
+  words = "the a cat dog sat on mat ran far away and then slept in sun".split()
+  vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words)}
+  tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  rcfg = retriever.RetrieverConfig(encoder=bert.EncoderConfig(
+      vocab_size=len(vocab), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+  params = retriever.init_retriever(rcfg, jax.random.PRNGKey(0))
+  rng = np.random.default_rng(0)
+  texts = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(21)]
+  return tok, rcfg, params, texts
+
+
 _MULTI_DEVICE_CHECK = textwrap.dedent("""
-    import jax, numpy as np, tokenizers
-    from tokenizers import models, pre_tokenizers, processors
+    import jax, numpy as np
     from lair.evaluate import encode
     from lair.data import tokenize
-    from lair.models import bert, retriever
+    from lair.models import retriever
+    from test_evaluate import tiny_text_encoder_inputs
     assert jax.device_count() == 8
-    words = "the a cat dog sat on mat ran far away and then slept in sun".split()
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + words)}
-    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    rcfg = retriever.RetrieverConfig(encoder=bert.EncoderConfig(
-        vocab_size=len(vocab), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
-    params = retriever.init_retriever(rcfg, jax.random.PRNGKey(0))
-    rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(words, size=rng.integers(1, 30))) for _ in range(21)]
+    tok, rcfg, params, texts = tiny_text_encoder_inputs()
     got = encode.make_text_encoder(params, rcfg, tok, batch_size=5, max_len=24,
                                    buckets=(8, 16))(texts)
     for i, text in enumerate(texts):  # One text at a time, unpadded, on one device.
@@ -258,11 +268,25 @@ _MULTI_DEVICE_CHECK = textwrap.dedent("""
 def test_encoder_sharded_over_8_devices_matches_one_text_at_a_time():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu",
-             PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+             PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"),
+                                         os.environ.get("PYTHONPATH", "")]))
   proc = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_CHECK], capture_output=True,
                         text=True, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK (21, 32)" in proc.stdout
+
+
+def test_progress_lines_off_a_terminal_count_the_texts(monkeypatch, capsys):
+  """Off a terminal (a log file) the encoder prints "encoded N / total" lines; N must be the
+  texts embedded so far, not the count of a disabled progress bar (which stays 0)."""
+  from lair.evaluate import encode  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(encode, "_LOG_EVERY_S", -1.0)  # A line after every batch.
+  monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+  tok, rcfg, params, texts = tiny_text_encoder_inputs()
+  encode.make_text_encoder(params, rcfg, tok, batch_size=5, max_len=24, buckets=(8, 16))(texts)
+  counts = [int(line.split()[1]) for line in capsys.readouterr().out.splitlines()
+            if line.strip().startswith("encoded ")]
+  assert counts == [5, 10, 15, 20, 21], counts  # Batches of 5 over 21 texts.
 
 
 # ------------------------------------------------------------------------------------------------

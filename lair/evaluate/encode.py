@@ -90,6 +90,7 @@ def make_text_encoder(params, rcfg, tokenizer, *, batch_size: int, max_len: int,
     ids = tokenize_lib.tokenize(tokenizer, texts, max_len, prefix)
     out = np.zeros((len(ids), rcfg.embedding_dim), np.float32)
     start = last_log = time.time()
+    done = 0  # Counted here: a disabled tqdm bar (off a terminal) does not count its updates.
     shown = jax.process_index() == 0 and len(ids) > batch_size
     bar = tqdm.tqdm(total=len(ids), unit=" texts", leave=False, dynamic_ncols=True,
                     disable=not (shown and sys.stderr.isatty()))
@@ -99,10 +100,11 @@ def make_text_encoder(params, rcfg, tokenizer, *, batch_size: int, max_len: int,
                          jax.device_put(mask, rows_sharding), embed_fn=embed_fn, rcfg=rcfg,
                          tower=tower, out_sharding=replicated)
       out[rows] = np.asarray(emb.addressable_data(0), np.float32)[:len(rows)]
+      done += len(rows)
       bar.update(len(rows))
       if shown and bar.disable and time.time() - last_log > _LOG_EVERY_S:
         last_log = time.time()
-        print(f"  encoded {bar.n} / {len(ids)} texts ({bar.n / (last_log - start):.1f}/s)",
+        print(f"  encoded {done} / {len(ids)} texts ({done / (last_log - start):.1f}/s)",
               flush=True)
     bar.close()
     stats["texts"] = stats.get("texts", 0) + len(ids)
