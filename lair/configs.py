@@ -94,7 +94,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.max_query_len = 64
   c.data.max_passage_len = 128
   c.data.max_sentence_len = 64
-  c.data.length_buckets = [16, 32, 64, 128]  # Pad to the smallest bucket that fits.
+  # Pad to the smallest bucket that fits (buckets past a cut-off serve eval.max_len only).
+  c.data.length_buckets = [16, 32, 64, 128]
   c.data.strict = False  # True: a bad row is an error instead of a counted, logged skip.
   c.data.cache_dir = ""  # Where tfds builders write array_record files ("": workdir/data).
 
@@ -159,6 +160,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.exact_below = 20000  # "auto" uses exact search for pools smaller than this.
   c.eval.top_k = 20
   c.eval.batch_size = 64
+  # Token cut-off of every text in evaluation and in use (lair.evaluate, training evaluations, a
+  # run loaded by api.load_retriever / lair.index): 0 keeps the training cut-offs
+  # data.max_{query,passage,sentence}_len; a set's own max_len wins over it. Training may cut
+  # texts short to save time, but a retriever in use should read them whole, as an HF export
+  # does (up to the encoder's max_length). Padded to data.length_buckets, then to this.
+  c.eval.max_len = 0
   c.eval.scann = ml_collections.ConfigDict(dict(
       num_leaves=0,  # 0: about sqrt(pool size).
       num_leaves_to_search=0,  # 0: all below 5k points, then fewer (evaluate/search.py).

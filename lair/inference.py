@@ -8,7 +8,8 @@
 
 A run is restored from its checkpoint (`checkpoint.restore_run_params`), model.json and
 tokenizer/, and encodes as its config.json says: model.query_prefix / passage_prefix,
-data.max_query_len / max_passage_len, data.length_buckets and eval.batch_size. An HF or
+eval.max_len (else data.max_query_len / max_passage_len), data.length_buckets and
+eval.batch_size. An HF or
 sentence-transformers folder is read by `lair.models.hf.load_retriever` with the modules it
 declares (pooling, Dense, Normalize) and its prompts, which fill in prefixes the config leaves
 empty. Texts are embedded by `lair.evaluate.encode.make_text_encoder`: length-sorted batches
@@ -124,8 +125,8 @@ class Retriever:
 def _settings(config: ml_collections.ConfigDict) -> dict:
   return dict(query_prefix=config.model.query_prefix,
               passage_prefix=config.model.passage_prefix,
-              max_query_len=int(config.data.max_query_len),
-              max_passage_len=int(config.data.max_passage_len),
+              max_query_len=int(config.eval.max_len or config.data.max_query_len),
+              max_passage_len=int(config.eval.max_len or config.data.max_passage_len),
               batch_size=int(config.eval.batch_size),
               buckets=tuple(int(b) for b in config.data.length_buckets))
 

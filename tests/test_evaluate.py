@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from lair import configs
+from lair import inference
 from lair.evaluate import evaluators
 from lair.evaluate import run
 from lair.evaluate import search
@@ -274,6 +275,42 @@ def test_encoder_sharded_over_8_devices_matches_one_text_at_a_time():
                         text=True, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "OK (21, 32)" in proc.stdout
+
+
+@pytest.mark.parametrize("eval_max_len, set_max_len, expected", [
+    (0, 0, {"query": 6, "passage": 10, "sentence": 8}),  # The training cut-offs.
+    (20, 0, {"query": 20, "passage": 20, "sentence": 20}),  # eval.max_len: every text.
+    (20, 12, {"query": 12, "passage": 12, "sentence": 12}),  # The set's own max_len wins.
+])
+def test_evaluation_cuts_texts_at_eval_max_len(eval_max_len, set_max_len, expected):
+  """Each encoder of a set embeds its texts cut at the expected number of tokens: compared
+  with one text at a time cut there by hand, unpadded."""
+  from lair.data import tokenize  # pylint: disable=g-import-not-at-top
+  from lair.models import retriever  # pylint: disable=g-import-not-at-top
+  tok, rcfg, params, texts = tiny_text_encoder_inputs()
+  config = configs.default_config()
+  config.data.max_query_len, config.data.max_passage_len, config.data.max_sentence_len = 6, 10, 8
+  config.data.length_buckets = [8, 16, 32]
+  config.eval.max_len = eval_max_len
+  spec = {"name": "s", "kind": "lareqa", "paths": ["unused"], "max_len": set_max_len}
+  encoders = run.make_encoders(config, params, rcfg, tok, spec)
+  for kind, cut in expected.items():
+    got = getattr(encoders, kind)(texts)
+    for i, text in enumerate(texts):
+      ids = np.array([tokenize.tokenize(tok, [text], cut)[0]], np.int32)
+      want = retriever.embed(params, ids, np.ones_like(ids), rcfg=rcfg)
+      np.testing.assert_allclose(got[i], np.asarray(want)[0], atol=2e-5, err_msg=kind)
+  if not set_max_len:  # A run loaded for use (api.load_retriever) cuts where evaluation does.
+    settings = inference._settings(config)  # pylint: disable=protected-access
+    assert (settings["max_query_len"], settings["max_passage_len"]) == (
+        expected["query"], expected["passage"])
+
+
+def test_a_negative_eval_max_len_is_a_config_error_naming_the_key():
+  config = configs.default_config()
+  config.eval.max_len = -1
+  assert evaluators.config_errors(config.eval) == [
+      "config.eval.max_len=-1: expected 0 (the training cut-offs) or a positive number of tokens"]
 
 
 def test_progress_lines_off_a_terminal_count_the_texts(monkeypatch, capsys):

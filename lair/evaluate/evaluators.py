@@ -20,8 +20,9 @@ Each entry of `config.eval.sets` is a dict:
   max_pairs   optional int (tatoeba): the first N pairs of each language. 0: all.
   metrics     optional list overriding the defaults below (names like "ndcg@10").
   split       optional (beir): the qrels split, default "test".
-  max_len     optional int: token cut-off for this set (default: config.data.max_query_len for
-              queries, max_sentence_len for Tatoeba sentences, max_passage_len for passages).
+  max_len     optional int: token cut-off for this set (default: config.eval.max_len, else
+              config.data.max_query_len for queries, max_sentence_len for Tatoeba sentences,
+              max_passage_len for passages).
   max_per_language  optional int (langid): sentences per language, half to fit the probe and
               half to test it (default 500).
 
@@ -116,6 +117,9 @@ def config_errors(eval_cfg) -> list[str]:
   for key in ("top_k", "batch_size"):
     if int(eval_cfg[key]) <= 0:
       errors.append(f"config.eval.{key}={eval_cfg[key]}: expected a positive integer")
+  if int(eval_cfg.max_len) < 0:
+    errors.append(f"config.eval.max_len={eval_cfg.max_len}: expected 0 (the training "
+                  "cut-offs) or a positive number of tokens")
   if eval_cfg.select_best:
     names = [dict(s).get("name") for s in eval_cfg.sets]
     if eval_cfg.select_best.count("/") < 2 or eval_cfg.select_best.split("/")[0] not in names:

@@ -20,9 +20,15 @@ def make_encoders(config: ml_collections.ConfigDict, params, rcfg, tokenizer,
   make = functools.partial(encode.make_text_encoder, params, rcfg, tokenizer,
                            batch_size=config.eval.batch_size,
                            buckets=tuple(config.data.length_buckets), stats=stats)
-  query_len = int(spec.get("max_len") or config.data.max_query_len)
-  passage_len = int(spec.get("max_len") or config.data.max_passage_len)
-  sentence_len = int(spec.get("max_len") or config.data.max_sentence_len)
+  def cut_off(training_len: int) -> int:
+    """The set's max_len, else config.eval.max_len, else the training cut-off; never past
+    the encoder's position table."""
+    return min(int(spec.get("max_len") or config.eval.max_len or training_len),
+               rcfg.encoder.max_length)
+
+  query_len = cut_off(config.data.max_query_len)
+  passage_len = cut_off(config.data.max_passage_len)
+  sentence_len = cut_off(config.data.max_sentence_len)
   return evaluators.Encoders(
       query=make(max_len=query_len, prefix=config.model.query_prefix, tower="query"),
       passage=make(max_len=passage_len, prefix=config.model.passage_prefix, tower="passage"),
