@@ -21,7 +21,8 @@
 
 Budget (a 2-core CPU): batches of 64 IR pairs (+ 64 hard negatives with _hn) + 64 parallel
 pairs (+ 32 z sentences with the language loss), 200 steps of AdamW at lr 1e-4 (20 warm-up
-steps, linear decay), queries cut at 32 tokens, passages at 64, sentences at 32, the token
+steps, linear decay), training texts cut at 32 tokens (queries, sentences) and 64 (passages;
+evaluation reads whole texts, eval.max_len=512, as the HF export serves them), the token
 embedding table frozen (80% of e5-small's parameters; stop-gradiented, so it costs no
 gradient). The recipe takes about 18 s a step alone on that CPU (61 minutes of training); the
 first four rounds of docs/results.md ran at batches of 32 (about 9.7 s a step, 32 minutes;
@@ -32,10 +33,13 @@ sentences of the 5 XQuAD-R languages. The figures each setting reached are in do
 
 The recipe (ir_sem_bs_hn at learning rate 1e-4 and batches of 64: IR with one same-paragraph
 hard negative + semantic with both sides as negatives; chosen on these development sets, 2
-seeds): XQuAD-R mean mAP@20 0.671 ±0.000 (en 0.733, de 0.667, es 0.688, ru 0.651, zh 0.615)
-against the backbone's 0.366, the same settings at batches of 32's 0.664 ±0.002 and ir_sem's
-0.634 ±0.001; own-language excess@20 0.116 (backbone 0.589); language-ID probe 0.57 (backbone
-0.995). The issue's target (0.70, no language below 0.65) is not reached at this budget.
+seeds): XQuAD-R mean mAP@20 0.679 ±0.000 on whole sentences (en 0.741, de 0.676, es 0.696,
+ru 0.661, zh 0.621). The figures that follow were all scored on sentences cut at 64 tokens, as
+the training rounds were: there the recipe scores 0.671 ±0.000 (en 0.733, de 0.667, es 0.688,
+ru 0.651, zh 0.615) against the backbone's 0.366, the same settings at batches of 32's 0.664
+±0.002 and ir_sem's 0.634 ±0.001; own-language excess@20 0.116 (backbone 0.589); language-ID
+probe 0.57 (backbone 0.995). The issue's target (0.70, no language below 0.65) is not reached
+at this budget.
 Tatoeba (seed 0's export): 0.917 over 31 languages against the backbone's 0.863 and 0.770
 over all 112 against 0.692, no language lower. The language loss (lang_0.3_sg, 2 seeds, lr
 5e-5, batches of 32) gave 0.629 ±0.001 against ir_sem's 0.634, and on top of the batch-32
