@@ -163,8 +163,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Token cut-off of every text in evaluation and in use (lair.evaluate, training evaluations, a
   # run loaded by api.load_retriever / lair.index): 0 keeps the training cut-offs
   # data.max_{query,passage,sentence}_len; a set's own max_len wins over it. Training may cut
-  # texts short to save time, but a retriever in use should read them whole, as an HF export
-  # does (up to the encoder's max_length). Padded to data.length_buckets, then to this.
+  # texts short to save time, but a retriever in use should read them whole, as
+  # sentence-transformers reads an HF export (up to the encoder's max_length). Padded to
+  # data.length_buckets, then to this. An HF folder loaded by lair takes its cut-offs from the
+  # config it is given (lair's defaults: 64 / 128), as before.
   c.eval.max_len = 0
   c.eval.scann = ml_collections.ConfigDict(dict(
       num_leaves=0,  # 0: about sqrt(pool size).

@@ -13,10 +13,10 @@ the choice by file name. "xxx:PATH" (or --language=xxx for every file) gives doc
 language, which search results show. Bad lines are skipped and counted, naming file:line.
 
 Settings come from the run's config.json (with --workdir; else lair's defaults) and
---config.KEY=VALUE overrides: model.passage_prefix, data.max_passage_len (tokens kept),
-data.length_buckets, eval.batch_size; eval.exact_below (--search=auto, the default, searches
-exactly below this many documents and with ScaNN from there; --search=exact or scann choose)
-and eval.scann (ScaNN's settings, 0 scaling to the corpus).
+--config.KEY=VALUE overrides: model.passage_prefix, eval.max_len (tokens kept; 0:
+data.max_passage_len), data.length_buckets, eval.batch_size; eval.exact_below (--search=auto,
+the default, searches exactly below this many documents and with ScaNN from there;
+--search=exact or scann choose) and eval.scann (ScaNN's settings, 0 scaling to the corpus).
 
 The folder (written whole: a kill leaves the old index or the new one):
 

@@ -180,8 +180,9 @@ def load_retriever(path: str, step=None, *,
     path: a `python -m lair.train` workdir, or an HF / sentence-transformers folder (lair's
       exports included).
     step: for a run, the checkpoint: None (the latest), a step number or "best".
-    config: how to embed (model prefixes, data max lengths, eval.batch_size); default: the
-      run's config.json, or lair's defaults and the folder's prompts for an HF folder.
+    config: how to embed (model prefixes, eval.max_len else data max lengths, eval.batch_size);
+      default: the run's config.json, or lair's defaults and the folder's prompts for an HF
+      folder.
   """
   if workdir_lib.Workdir(path).is_run():
     return from_run(path, step, config=config)

@@ -47,7 +47,8 @@ def load_model(paths):
                        source={"soup": list(paths)}, query_prefix=models[0].query_prefix,
                        passage_prefix=models[0].passage_prefix,
                        max_query_len=models[0].max_query_len,
-                       max_passage_len=models[0].max_passage_len)
+                       max_passage_len=models[0].max_passage_len,
+                       batch_size=models[0].batch_size, buckets=models[0].buckets)
 
 
 def newstest_sentences(shared: pathlib.Path, rows: int) -> dict:
