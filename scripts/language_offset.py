@@ -20,6 +20,7 @@ alone; that is why they are the upper bound of the shift's share, not a method t
 """
 import argparse
 import csv
+import dataclasses
 import glob
 import os
 import pathlib
@@ -43,12 +44,9 @@ def load_model(paths):
   if len(models) == 1:
     return models[0]
   params = jax.tree.map(lambda *leaves: sum(leaves) / len(leaves), *[m.params for m in models])
-  return api.Retriever(params=params, rcfg=models[0].rcfg, tokenizer=models[0].tokenizer,
-                       source={"soup": list(paths)}, query_prefix=models[0].query_prefix,
-                       passage_prefix=models[0].passage_prefix,
-                       max_query_len=models[0].max_query_len,
-                       max_passage_len=models[0].max_passage_len,
-                       batch_size=models[0].batch_size, buckets=models[0].buckets)
+  # Every setting of the first run kept; its cached encoders hold its own params, so not those.
+  return dataclasses.replace(models[0], params=params, source={"soup": list(paths)},
+                             _encoders={})
 
 
 def newstest_sentences(shared: pathlib.Path, rows: int) -> dict:
