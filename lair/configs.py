@@ -179,6 +179,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def eval_cut_off(config: ml_collections.ConfigDict, training_len: int,
+                 set_max_len: int = 0) -> int:
+  """Tokens a text is cut at in evaluation and in use (the rule of config.eval.max_len).
+
+  A set's own max_len, else config.eval.max_len, else `training_len` (the training cut-off,
+  data.max_{query,passage,sentence}_len). The caller caps it at the encoder's position table.
+  """
+  return int(set_max_len or config.eval.max_len or training_len)
+
+
 # ------------------------------------------------------------------------------------------------
 # Config files and the command line.
 # ------------------------------------------------------------------------------------------------

@@ -125,8 +125,8 @@ class Retriever:
 def _settings(config: ml_collections.ConfigDict) -> dict:
   return dict(query_prefix=config.model.query_prefix,
               passage_prefix=config.model.passage_prefix,
-              max_query_len=int(config.eval.max_len or config.data.max_query_len),
-              max_passage_len=int(config.eval.max_len or config.data.max_passage_len),
+              max_query_len=configs.eval_cut_off(config, config.data.max_query_len),
+              max_passage_len=configs.eval_cut_off(config, config.data.max_passage_len),
               batch_size=int(config.eval.batch_size),
               buckets=tuple(int(b) for b in config.data.length_buckets))
 

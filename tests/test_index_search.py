@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lair import api
+from lair import configs
 from lair import index as index_lib
 from lair import inference
 from lair import mine as mine_lib
@@ -126,6 +127,26 @@ def test_a_reloaded_index_gives_the_same_results(built, tiny_hf):
   assert loaded.retriever.identity() == fresh.retriever.identity()
   assert [[h.as_dict() for h in hits] for hits in loaded.search(QUERIES, k=5)] == \
          [[h.as_dict() for h in hits] for hits in fresh.search(QUERIES, k=5)]
+
+
+@pytest.mark.parametrize("eval_max_len, cut", [
+    (0, 12),     # 0: data.max_passage_len, the training cut-off.
+    (9, 9),      # eval.max_len wins over it.
+    (512, 64)])  # Never past the position table (max_position_embeddings=64).
+def test_a_loaded_retriever_cuts_passages_as_sentence_transformers_does_at_that_length(
+    tiny_hf, eval_max_len, cut):
+  from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
+  lines = (QUICKSTART / "tatoeba.deu-eng.eng").read_text(encoding="utf-8").splitlines()
+  long_text = " ".join(lines[:12])  # Well over 64 tokens, so every cut-off bites.
+  config = configs.default_config()
+  config.data.max_passage_len = 12
+  config.eval.max_len = eval_max_len
+  got = api.load_retriever(tiny_hf, config=config).encode([long_text], kind="passage")
+  model = SentenceTransformer(tiny_hf, device="cpu")
+  model.max_seq_length = cut
+  want = model.encode([long_text], prompt_name="passage")
+  assert len(model.tokenize(["passage: " + long_text])["input_ids"][0]) == cut
+  np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_scann_index_is_saved_with_scann_and_reloads_identically(tiny_hf, tmp_path):

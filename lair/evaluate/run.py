@@ -7,6 +7,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from lair import configs
 from lair import sharding
 from lair import workdir as workdir_lib
 from lair.evaluate import encode
@@ -21,9 +22,8 @@ def make_encoders(config: ml_collections.ConfigDict, params, rcfg, tokenizer,
                            batch_size=config.eval.batch_size,
                            buckets=tuple(config.data.length_buckets), stats=stats)
   def cut_off(training_len: int) -> int:
-    """The set's max_len, else config.eval.max_len, else the training cut-off; never past
-    the encoder's position table."""
-    return min(int(spec.get("max_len") or config.eval.max_len or training_len),
+    # Never past the encoder's position table.
+    return min(configs.eval_cut_off(config, training_len, spec.get("max_len") or 0),
                rcfg.encoder.max_length)
 
   query_len = cut_off(config.data.max_query_len)
