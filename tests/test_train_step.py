@@ -1,4 +1,5 @@
 """The train step's parts: GradCache equals plain backprop, chunk layout, inputs, optimiser."""
+import dataclasses
 import functools
 import re
 
@@ -266,3 +267,32 @@ def test_gpu_compiler_options_are_real_xla_options_and_keep_the_maths(monkeypatc
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   with pytest.raises(Exception, match="No such compile option"):
     jax.jit(shared_weight, compiler_options={"xla_gpu_no_such_option": 0})(a, b)
+
+
+
+def _grad_cache_temp_bytes(chunk: int) -> int:
+  """XLA's temporary memory for one loss-and-grads call of a small encoder (chunk 0: plain)."""
+  lcfg = sharded_check.loss_config(**sharded_check.OBJECTIVES["semantic"])
+  rcfg = sharded_check.tiny_rcfg(0.1)  # Wider and deeper, so activations outweigh the rest.
+  rcfg = dataclasses.replace(rcfg, encoder=dataclasses.replace(
+      rcfg.encoder, hidden_size=64, intermediate_size=512, num_layers=4))
+  trainable = sharded_check.init_trainable(rcfg, lcfg)
+  mesh = sharding.make_mesh(1)
+  fn = step_lib.make_loss_and_grads(
+      sharded_check.plan_for(lcfg), lcfg, step_lib.make_embed_fn(rcfg), mesh,
+      normalize=rcfg.normalize, grad_cache_chunk=chunk, special_ids=sharded_check.SPECIAL_IDS)
+  batch = sharding.put_batch(sharded_check.random_batch(), mesh)
+  compiled = jax.jit(fn).lower(trainable, batch, jax.random.PRNGKey(0)).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_grad_cache_holds_one_chunks_activations_and_warns_when_an_input_is_one_chunk(caplog):
+  """GradCache's point, read from XLA's compiled memory: plain backprop holds both inputs' 16
+  rows (src, tgt) at once, GradCache one chunk of 8 rows; an input in one chunk saves nothing
+  (XLA inlines the one-chunk pass: docs/training.md), and the trainer says so."""
+  plain, eight = _grad_cache_temp_bytes(0), _grad_cache_temp_bytes(8)
+  assert eight < 0.35 * plain, (eight, plain)  # 8 of 32 rows: about a quarter.
+  assert "one chunk" not in caplog.text
+  _grad_cache_temp_bytes(16)
+  assert ("train.grad_cache_chunk=16: src (16 rows), tgt (16 rows) fit in one chunk per device"
+          in caplog.text)

@@ -16,7 +16,9 @@ Read top to bottom:
    with `train.grad_cache_chunk > 0`, with GradCache (Gao et al. 2021): embed the global batch in
    chunks without keeping activations, take the loss's gradient w.r.t. the embeddings, then
    re-run each chunk under a VJP to push that gradient into the params. Activation memory is one
-   chunk's instead of the whole batch's, and the result equals the plain gradient.
+   chunk's instead of the whole batch's where each input spans two chunks or more (an input in
+   one chunk keeps its activations as plain backprop does; a start-up warning names it), and
+   the result equals the plain gradient.
 5. `make_train_step` adds clipping/AdamW (optim.py) and returns the jitted step.
 
 The embedding function is passed in (`embed_fn(params, ids [N, L], mask [N, L], tower, rng) ->
@@ -27,6 +29,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Mapping, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -114,6 +117,12 @@ def from_chunks(y, axis_size: int):
   rest = y.shape[2:]
   c = rows // axis_size
   return y.reshape(n, axis_size, c, *rest).swapaxes(0, 1).reshape(n * rows, *rest)
+
+
+def single_chunk_inputs(inputs: Mapping, axis_size: int, chunk: int) -> dict:
+  """{name: rows per device} of the inputs GradCache embeds in one chunk (rows <= chunk)."""
+  return {name: ids.shape[0] // axis_size for name, (ids, _, _) in inputs.items()
+          if chunk_layout(ids.shape[0], axis_size, chunk)[0] == 1}
 
 
 def _chunked(inputs: Mapping, axis_size: int, chunk: int):
@@ -346,6 +355,15 @@ def make_loss_and_grads(plan: objectives.ObjectivePlan, loss_cfg, embed_fn: Embe
   def grad_cache(trainable, batch, rng):
     inputs = embedding_inputs(batch, plan)
     extras = _extras(batch, plan)
+    whole = single_chunk_inputs(inputs, axis_size, grad_cache_chunk)
+    if whole:
+      # Measured on CPU: a one-chunk scan is inlined and XLA keeps its activations from the
+      # first pass to the VJP, as plain backprop does (e5-small at batch 32: 8.0 GB with one
+      # chunk per input, 7.7 GB plain, 4.0 GB with two chunks).
+      logging.warning(
+          "train.grad_cache_chunk=%d: %s fit in one chunk per device, so GradCache saves no "
+          "activation memory on them; a chunk of at most half their rows does", grad_cache_chunk,
+          ", ".join(f"{name} ({rows} rows)" for name, rows in whole.items()))
     chunks = _chunked(inputs, axis_size, grad_cache_chunk)
     emb = embed_chunked(embed_fn, trainable["retriever"], chunks, rng, axis_size)
     (_, metrics), (emb_grads, objective_grads) = jax.value_and_grad(
