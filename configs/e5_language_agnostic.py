@@ -44,9 +44,9 @@ Tatoeba (seed 0's export): 0.917 over 31 languages against the backbone's 0.863 
 over all 112 against 0.692, no language lower. The language loss (lang_0.3_sg, 2 seeds, lr
 5e-5, batches of 32) gave 0.629 ±0.001 against ir_sem's 0.634, and on top of the batch-32
 recipe (1 seed each) 0.6627 at weight 0.1, 0.6629 at 0.3 and 0.6620 at 1 (lang_{0.1,0.3,1}_sg_bs_hn)
-and 0.6643 at 0.3 without stop-gradient (lang_0.3_bs_hn) against the same seed's 0.6625, so
-the recipe leaves it off. At lr 1e-4 and batches of 32: IR only 0.591 ±0.001 (2 seeds; zh
-0.479); lowres 0.653 ±0.001 (2 seeds; zh 0.565).
+and 0.6643 at 0.3 and 0.6633 at 0.1 without stop-gradient (lang_{0.3,0.1}_bs_hn) against the
+same seed's 0.6625, so the recipe leaves it off. At lr 1e-4 and batches of 32: IR only 0.591
+±0.001 (2 seeds; zh 0.479); lowres 0.653 ±0.001 (2 seeds; zh 0.565).
 Neither 400 steps (1 seed: 0.665, 54 minutes of training) nor loss.tau 0.02 (1 seed: 0.626,
 own-language excess 0.208) or 0.1 (1 seed: 0.651, excess 0.073) beat the batch-32 recipe;
 batches of 64 did, in both seeds (fifth round); at batches of 64, lr 2e-4 did not (1 seed:
