@@ -280,7 +280,6 @@ class _Flags:
 def test_multilingual_e5_index_matches_sentence_transformers(e5_small_dir):
   """The real encoder, a plain HF folder: mean pooling, normalisation and e5's prefixes."""
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
-  from lair import configs  # pylint: disable=g-import-not-at-top
   config = configs.default_config()
   config.model.query_prefix, config.model.passage_prefix = "query: ", "passage: "
   docs = [d for spec in CORPUS for d in list(api.read_corpus(spec))[:40]]

@@ -269,7 +269,6 @@ def test_gpu_compiler_options_are_real_xla_options_and_keep_the_maths(monkeypatc
     jax.jit(shared_weight, compiler_options={"xla_gpu_no_such_option": 0})(a, b)
 
 
-
 def _grad_cache_temp_bytes(chunk: int) -> int:
   """XLA's temporary memory for one loss-and-grads call of a small encoder (chunk 0: plain)."""
   lcfg = sharded_check.loss_config(**sharded_check.OBJECTIVES["semantic"])
@@ -289,7 +288,7 @@ def _grad_cache_temp_bytes(chunk: int) -> int:
 def test_grad_cache_holds_one_chunks_activations_and_warns_when_an_input_is_one_chunk(caplog):
   """GradCache's point, read from XLA's compiled memory: plain backprop holds both inputs' 16
   rows (src, tgt) at once, GradCache one chunk of 8 rows; an input in one chunk saves nothing
-  (XLA inlines the one-chunk pass: docs/training.md), and the trainer says so."""
+  (docs/training.md), and the trainer says so."""
   plain, eight = _grad_cache_temp_bytes(0), _grad_cache_temp_bytes(8)
   assert eight < 0.35 * plain, (eight, plain)  # 8 of 32 rows: about a quarter.
   assert "one chunk" not in caplog.text

@@ -357,10 +357,10 @@ def make_loss_and_grads(plan: objectives.ObjectivePlan, loss_cfg, embed_fn: Embe
     extras = _extras(batch, plan)
     whole = single_chunk_inputs(inputs, axis_size, grad_cache_chunk)
     if whole:
-      # Measured on CPU: a one-chunk scan is inlined, and the compiled step then holds those
-      # inputs' activations as plain backprop does (e5-small at batch 32: 8.0 GB with one chunk
-      # per input, 7.7 GB plain, 4.0 GB with two chunks); optimization barriers between the
-      # inputs did not change that.
+      # Measured on CPU: with one chunk there is no loop left to bound memory, and the compiled
+      # step holds those inputs' activations as plain backprop does (e5-small at batch 32:
+      # 8.0 GB with one chunk per input, 7.7 GB plain, 4.0 GB with two chunks); optimization
+      # barriers between the inputs did not change that.
       logging.warning(
           "train.grad_cache_chunk=%d: %s fit in one chunk per device, so GradCache saves no "
           "activation memory on them; a chunk of at most half their rows does", grad_cache_chunk,
