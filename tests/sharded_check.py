@@ -166,13 +166,18 @@ def relative_error(a, b):
   return max((d / max(n, floor, 1e-30) for d, n in zip(diffs, norms)), default=0.0)
 
 
+def loss_and_grads_fn(lcfg, rcfg, mesh, grad_cache_chunk=0):
+  """lair's loss-and-grads function (unjitted) for these objectives on `mesh`."""
+  return step_lib.make_loss_and_grads(
+      plan_for(lcfg), lcfg, step_lib.make_embed_fn(rcfg), mesh, normalize=rcfg.normalize,
+      grad_cache_chunk=grad_cache_chunk, special_ids=SPECIAL_IDS)
+
+
 def sharded_loss_and_grads(trainable, batch, rng, *, rcfg, lcfg, devices, grad_cache_chunk=0,
                            fsdp=False):
   """lair's path: a `devices`-wide mesh, batch put with put_batch, jitted loss_and_grads."""
   mesh = sharding.make_mesh(devices)
-  fn = step_lib.make_loss_and_grads(
-      plan_for(lcfg), lcfg, step_lib.make_embed_fn(rcfg), mesh, normalize=rcfg.normalize,
-      grad_cache_chunk=grad_cache_chunk, special_ids=SPECIAL_IDS)
+  fn = loss_and_grads_fn(lcfg, rcfg, mesh, grad_cache_chunk)
   layout = sharding.state_shardings(trainable, mesh, fsdp=fsdp, min_size=1000)
   trainable = jax.device_put(trainable, layout)
   metrics, grads = jax.jit(fn)(trainable, sharding.put_batch(batch, mesh), rng)

@@ -104,16 +104,15 @@ def test_train_step_updates_and_logs_each_term():
   state = {"step": jnp.int32(0), "params": trainable, "opt_state": optimizer.init(trainable),
            "rng": jax.random.PRNGKey(0)}
   shardings = sharding.state_shardings(state, mesh)
-  plan = sharded_check.plan_for(lcfg)
-  loss_and_grads = step_lib.make_loss_and_grads(
-      plan, lcfg, step_lib.make_embed_fn(rcfg), mesh, special_ids=sharded_check.SPECIAL_IDS)
+  loss_and_grads = sharded_check.loss_and_grads_fn(lcfg, rcfg, mesh)
   train_step = step_lib.make_train_step(loss_and_grads, optimizer, schedule, shardings, mesh)
   batch = sharding.put_batch(sharded_check.random_batch(), mesh)
   state, metrics = train_step(jax.device_put(state, shardings), batch)
   assert int(state["step"]) == 1
   assert set(metrics) >= {"ir", "semantic", "language", "xtr", "ems_contrastive", "loss",
                           "grad_norm", "learning_rate"}
-  np.testing.assert_allclose(metrics["loss"], sum(w * metrics[t] for t, w in plan.weights.items()),
+  weights = sharded_check.plan_for(lcfg).weights
+  np.testing.assert_allclose(metrics["loss"], sum(w * metrics[t] for t, w in weights.items()),
                              rtol=1e-6)
   _, metrics2 = train_step(state, batch)
   assert metrics2["loss"] < metrics["loss"]  # One AdamW step on the same batch helps.
@@ -277,9 +276,7 @@ def _grad_cache_temp_bytes(chunk: int) -> int:
       rcfg.encoder, hidden_size=64, intermediate_size=512, num_layers=4))
   trainable = sharded_check.init_trainable(rcfg, lcfg)
   mesh = sharding.make_mesh(1)
-  fn = step_lib.make_loss_and_grads(
-      sharded_check.plan_for(lcfg), lcfg, step_lib.make_embed_fn(rcfg), mesh,
-      normalize=rcfg.normalize, grad_cache_chunk=chunk, special_ids=sharded_check.SPECIAL_IDS)
+  fn = sharded_check.loss_and_grads_fn(lcfg, rcfg, mesh, chunk)
   batch = sharding.put_batch(sharded_check.random_batch(), mesh)
   compiled = jax.jit(fn).lower(trainable, batch, jax.random.PRNGKey(0)).compile()
   return compiled.memory_analysis().temp_size_in_bytes
