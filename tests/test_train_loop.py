@@ -248,28 +248,39 @@ def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
     export.export(str(workdir), str(tmp_path / "out"), step=40)
 
 
+@pytest.mark.parametrize("stop_at", [23, 25])
 def test_stop_signal_saves_exits_75_and_the_rerun_resumes_exactly(tmp_path, unbroken_run,
-                                                                  cache):
-  """SIGTERM when batch 22 is asked for, and again while the checkpoint it asked for is being
-  written: step 22 finishes, checkpoint 23 is saved whole, the exit code is 75, and the same
-  command resumes from 23 and ends with the unbroken run's params, bit for bit."""
+                                                                  cache, stop_at):
+  """SIGTERM when batch stop_at - 1 is asked for, and again while the checkpoint it asked for is
+  being written: that step finishes, its checkpoint is saved whole, the exit code is 75, and the
+  same command resumes from it and ends with the unbroken run's params, bit for bit. Step 25 is
+  an evaluation step (eval_every=25): the stop skips that evaluation, and the resume makes it up
+  with the unbroken run's results."""
   workdir = tmp_path / "stopped"
   command = train_command(workdir, cache)
   command[1:3] = [str(REPO / "tests" / "train_and_signal.py")]
   proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                        env=dict(env(), LAIR_SIGNAL_AT_BATCH="22", LAIR_SIGNAL_AGAIN_IN_SAVE="1"))
+                        env=dict(env(), LAIR_SIGNAL_AT_BATCH=str(stop_at - 1),
+                                 LAIR_SIGNAL_AGAIN_IN_SAVE="1"))
   assert proc.returncode == 75, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert "received SIGTERM: stopping after this step" in proc.stdout
   assert "received SIGTERM again: still saving" in proc.stdout
-  assert f"stopped by SIGTERM at step 23: checkpoint saved in {workdir / 'checkpoints'}/23" in (
-      proc.stdout)
-  assert checkpoints(workdir).latest_step() == 23
+  assert (f"stopped by SIGTERM at step {stop_at}: checkpoint saved in "
+          f"{workdir / 'checkpoints'}/{stop_at}") in proc.stdout
+  assert checkpoints(workdir).latest_step() == stop_at
+  assert not (workdir / "eval" / "step_25.json").exists()
   resumed = run_training(workdir, cache)
-  assert f"resumed from {workdir / 'checkpoints'}/23" in resumed.stdout
+  assert f"resumed from {workdir / 'checkpoints'}/{stop_at}" in resumed.stdout
   step, params = final_params(workdir)
   _, ref_params = final_params(unbroken_run)
   assert step == STEPS
   jax.tree.map(np.testing.assert_array_equal, params, ref_params)
+  for n in (25, STEPS):
+    stopped = json.loads((workdir / "eval" / f"step_{n}.json").read_text())["metrics"]
+    unbroken = json.loads((unbroken_run / "eval" / f"step_{n}.json").read_text())["metrics"]
+    assert stopped == unbroken, n
+  key = "tatoeba/acc/mean"
+  assert [r["step"] for r in read_metrics(workdir, key)] == [25, STEPS]
 
 
 def test_a_short_run_prints_no_preparation_lines_native_logs_or_tracebacks(tmp_path):

@@ -429,6 +429,20 @@ def final_evaluation_pending(config, run: workdir_lib.Workdir, first: int, total
   return bool(sharding.broadcast_from_zero(run.read_eval(total) is None))
 
 
+def resumed_evaluation_pending(config, run: workdir_lib.Workdir, first: int, total: int) -> bool:
+  """Whether a resume at step `first` owes the evaluation of step `first` (train.eval_every).
+
+  A stop signal skips the evaluation of the step it stops at, and a kill can land between a
+  checkpoint and the end of that step's evaluation; the loop restarts after that step, so the
+  evaluation (and its say in best/) would be lost without this. The end-of-run evaluation is
+  final_evaluation_pending's.
+  """
+  every = config.train.eval_every
+  if not config.eval.sets or not every or first == 0 or first >= total or first % every:
+    return False
+  return bool(sharding.broadcast_from_zero(run.read_eval(first) is None))
+
+
 # ------------------------------------------------------------------------------------------------
 # Stopping on a scheduler's signal.
 # ------------------------------------------------------------------------------------------------
@@ -575,8 +589,9 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   def evaluate(step: int) -> None:
     """config.eval.sets on the current params; best params first, eval/step_N.json last.
 
-    The results file marks the evaluation done (final_evaluation_pending), so it is written
-    after the best params and best.json: a kill in between repeats the evaluation on restart.
+    The results file marks the evaluation done (final_evaluation_pending,
+    resumed_evaluation_pending), so it is written after the best params and best.json: a kill
+    in between repeats the evaluation on restart.
     """
     writer.print(f"evaluating {', '.join(dict(s)['name'] for s in config.eval.sets)} at step "
                  f"{step}")
@@ -589,6 +604,8 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
 
   try:
     with stop:
+      if resumed_evaluation_pending(config, run, first, total):
+        evaluate(first)
       for step in range(first, total):
         data_state = batches.get_state()
         host_batch = next(batches)
