@@ -9,8 +9,9 @@ rebuilds the model from the workdir's model.json and tokenizer/, and writes them
 The run's config.json gives the query/passage prefixes (sentence-transformers prompts); any
 key of it can be overridden with --config.KEY=VALUE (e.g. --config.model.query_prefix="q: ").
 
-A non-empty --out is refused unless --overwrite (which replaces it whole); so is an --out that
-is the run directory or inside it (other than WORKDIR/hf).
+A non-empty --out is refused unless --overwrite (which replaces it whole, and only a model
+folder: one with a config.json); so is an --out that is the run directory, inside it (other
+than WORKDIR/hf) or a folder that holds it.
 """
 import pathlib
 from typing import Optional
@@ -36,6 +37,9 @@ def export(workdir: str, out: str, step=None, *, prompts: Optional[dict] = None,
   if run.owns(out):
     raise ConfigError(f"--out={out} is inside the run {run.root}, whose files it would "
                       f"overwrite", hint=f"export to {run.hf_dir} or a folder outside the run")
+  if run.inside(out):
+    raise ConfigError(f"--out={out} holds the run {run.root}, which replacing it would delete",
+                      hint=f"export to {run.hf_dir} or a folder outside the run")
   rcfg, tokenizer = run.read_model()
   if tokenizer is None:
     raise FileNotFoundError(f"--workdir={workdir}: no tokenizer/ folder; export needs the "

@@ -90,6 +90,11 @@ class Workdir:
     inside = os.path.commonpath([path, self.root]) == self.root
     return inside and not (path == self.hf_dir or path.startswith(self.hf_dir + os.sep))
 
+  def inside(self, path: str) -> bool:
+    """Whether this run's folder is inside `path` (replacing `path` would delete the run)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    return os.path.commonpath([path, self.root]) == path
+
   # --- the run's config and model files ---------------------------------------------------------
 
   def read_config(self) -> ml_collections.ConfigDict:

@@ -245,24 +245,34 @@ def test_export_refuses_a_non_empty_folder_and_replaces_it_whole_with_overwrite(
   proc = _export(shared, f"--workdir={reference}", f"--out={out}")
   assert proc.returncode == 2 and "the folder exists and is not empty" in proc.stderr
   assert "--overwrite" in proc.stderr and tree_digest(out) == before
+  # Not a model folder (no config.json): --overwrite does not delete it either.
+  proc = _export(shared, f"--workdir={reference}", f"--out={out}", "--overwrite")
+  assert proc.returncode == 2 and "holds no config.json" in proc.stderr, proc.stderr[-2000:]
+  assert tree_digest(out) == before
+  (out / "config.json").write_text("{}\n")
   proc = _export(shared, f"--workdir={reference}", f"--out={out}", "--overwrite")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not (out / "2_Dense").exists() and not (out / "README.md").exists()
   assert (out / "model.safetensors").exists()
-  record("export into a non-empty folder", "refused; with --overwrite the folder is replaced "
-         "whole (stale 2_Dense/, README.md gone)")
+  record("export into a non-empty folder", "refused; with --overwrite a model folder is replaced "
+         "whole (stale 2_Dense/, README.md gone), any other folder refused")
 
 
-@pytest.mark.parametrize("target", ["", "checkpoints", "config.json"])
-def test_export_refuses_the_runs_own_files(shared, reference, tmp_path, target):
+@pytest.mark.parametrize("target, says", [("run", "is inside the run"),
+                                          ("run/checkpoints", "is inside the run"),
+                                          ("run/config.json", "is inside the run"),
+                                          (".", "holds the run")])
+def test_export_refuses_the_runs_own_files(shared, reference, tmp_path, target, says):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
-  before = tree_digest(workdir)
-  proc = _export(shared, f"--workdir={workdir}", f"--out={workdir / target}", "--overwrite")
-  assert proc.returncode == 2 and "is inside the run" in proc.stderr, proc.stderr[-2000:]
-  assert tree_digest(workdir) == before
-  record(f"export --out=WORKDIR/{target}", "refused even with --overwrite",
-         "nothing (workdir byte-identical)")
+  (tmp_path / "config.json").write_text("{}\n")  # So only the run check can refuse ".".
+  before = tree_digest(tmp_path)
+  proc = _export(shared, f"--workdir={workdir}", f"--out={tmp_path / target}", "--overwrite")
+  assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
+  assert tree_digest(tmp_path) == before
+  where = "the folder holding WORKDIR" if target == "." else target.replace("run", "WORKDIR", 1)
+  record(f"export --out={where}", "refused even with --overwrite",
+         "nothing (folder byte-identical)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -333,15 +333,22 @@ def export_hf(params, rcfg: retriever.RetrieverConfig, tokenizer, out_dir,
   `model.encode(texts, prompt_name="query")` adds the prefix the model was trained with.
 
   The folder is written beside `out_dir` and swapped in whole: an existing non-empty `out_dir`
-  is an error unless `overwrite`, which replaces it (nothing of the old folder is left in it).
+  is an error unless `overwrite`, which replaces it (nothing of the old folder is left in it),
+  and only when it is a model folder (config.json at its top), so a mistyped --out cannot
+  delete a folder of other files.
   """
   out = pathlib.Path(out_dir).expanduser()
   if not hasattr(tokenizer, "save_pretrained"):
     raise TypeError(f"export_hf({str(out)!r}) needs a transformers tokenizer (with "
                     f"save_pretrained), got {type(tokenizer).__name__}.")
-  if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-    raise errors.ConfigError(f"--out={out}: the folder exists and is not empty",
-                             hint="pass --overwrite to replace it whole, or choose another --out")
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not overwrite:
+      raise errors.ConfigError(f"--out={out}: the folder exists and is not empty",
+                               hint="pass --overwrite to replace it whole, or choose another --out")
+    if not (out / "config.json").is_file():
+      raise errors.ConfigError(
+          f"--out={out}: the folder is not empty and holds no config.json; --overwrite replaces "
+          f"only a model folder, as an export writes", hint="choose a new or empty --out folder")
   retriever.check_vocabulary(tokenizer, rcfg.encoder, f"export_hf({str(out)!r})")
   params = jax.device_get(params)
   prompts = {name: text for name, text in (prompts or {}).items() if text}
