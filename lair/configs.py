@@ -383,7 +383,15 @@ def flag_value(argv: Sequence[str], name: str) -> Optional[str]:
 
 
 def saved_config_file(config_json: str) -> str:
-  """`--config` value that loads a run's saved config.json through this file's get_config."""
+  """`--config` value that loads a run's saved config.json through this file's get_config.
+
+  A missing config.json is an error about --workdir here: config_flags would report it later
+  as a failure of --config=.../lair/configs.py, a flag the user never gave.
+  """
+  if not os.path.isfile(config_json):
+    run = os.path.dirname(config_json)
+    raise ConfigError(f"--workdir={run}: no config.json there; expected the workdir of a "
+                      f"`python -m lair.train` run")
   return f"{__file__}:{config_json}"
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from lair import api
 from lair import configs
+from lair import export
 from lair import index as index_lib
 from lair import inference
 from lair import mine as mine_lib
@@ -256,6 +257,13 @@ def test_errors_name_the_flag_or_file(built, tiny_hf, tmp_path):
                     f"--out={tmp_path / 'x'}"])
   with pytest.raises(ConfigError, match=r"no model: give --workdir"):
     index_lib.main(["lair.index", f"--corpus={CORPUS[0]}", f"--out={tmp_path / 'x'}"])
+  # A mistyped --workdir is named as such, not as a config file the user never gave.
+  for main, flags in ((index_lib.main, [f"--corpus={CORPUS[0]}", f"--out={tmp_path / 'x'}"]),
+                      (search_lib.main, [f"--index={built}", "q"]),
+                      (export.main, [f"--out={tmp_path / 'x'}"])):
+    with pytest.raises(ConfigError, match=rf"--workdir=.*typo: no config.json there; expected "
+                                          rf"the workdir of a `python -m lair.train` run"):
+      main(["lair", f"--workdir={tmp_path / 'typo'}", *flags])
   with pytest.raises(ConfigError, match=r"--format"):
     search_lib.main(["lair.search", f"--index={built}", "--format=csv", "q"])
   with pytest.raises(ConfigError, match=r"--step=3 applies to --workdir runs"):
