@@ -23,12 +23,22 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 config="${root}/configs/quickstart.py"
 workdir=""
 args=()
-for arg in "$@"; do
-  case "$arg" in
-    --config=*) config="${arg#--config=}" ;;
-    --workdir=*) workdir="${arg#--workdir=}" ;;
-    *) args+=("$arg") ;;
+# Both spellings, --workdir=DIR and --workdir DIR: a missed one would reach lair.train after
+# ours and win there, so training and export would use different folders.
+while (( $# )); do
+  case "$1" in
+    --config=*) config="${1#--config=}" ;;
+    --workdir=*) workdir="${1#--workdir=}" ;;
+    --config|--workdir)
+      if (( $# < 2 )); then
+        echo "launch/run.sh: $1 needs a value (e.g. $1=VALUE)" >&2
+        exit 2
+      fi
+      if [[ "$1" == --config ]]; then config="$2"; else workdir="$2"; fi
+      shift ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
 if [[ -z "$workdir" ]]; then
   name="$(basename "${config%%:*}" .py)"

@@ -388,3 +388,29 @@ def test_host_sharded_evaluation_equals_one_process(tmp_path, reference_run):
   [total] = _embedded_counts(outputs[1])
   halves = _embedded_counts(outputs[2])
   assert sum(halves) == total and abs(halves[0] - halves[1]) <= 4, (total, halves)
+
+
+@pytest.mark.parametrize("spelling", ["=", " "])
+def test_run_sh_trains_and_exports_the_same_workdir_in_either_flag_spelling(tmp_path, spelling):
+  """launch/run.sh with --config/--workdir given as FLAG=VALUE or FLAG VALUE: lair.train and
+  lair.export get the same folder (a stand-in python records each command it is given)."""
+  log = tmp_path / "commands.txt"
+  fake = tmp_path / "python"
+  fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+  fake.chmod(0o755)
+  flags = [f"--config{spelling}configs/quickstart.py:3", f"--workdir{spelling}{tmp_path / 'w'}",
+           "--config.train.steps=3"]
+  proc = subprocess.run(["bash", str(REPO / "launch" / "run.sh"),
+                         *(part for flag in flags for part in flag.split(" "))],
+                        env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  train, export = log.read_text().splitlines()
+  assert train == (f"-m lair.train --config=configs/quickstart.py:3 --workdir={tmp_path / 'w'} "
+                   f"--config.train.steps=3")
+  assert export == (f"-m lair.export --workdir={tmp_path / 'w'} --out={tmp_path / 'w'}/hf "
+                    f"--overwrite")
+  proc = subprocess.run(["bash", str(REPO / "launch" / "run.sh"), "--workdir"],
+                        env=dict(os.environ, PYTHON=str(fake)), capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 2 and "--workdir needs a value" in proc.stderr
