@@ -215,13 +215,60 @@ def test_beir_metrics_match_pytrec_eval(tmp_path):
       assert got[f"toy/{metric}/{name}"] == pytest.approx(value, abs=1e-6)
   assert got["toy/ndcg@10/mean"] == pytest.approx(
       np.mean([want[n]["ndcg@10"] for n in folders]), abs=1e-6)
+  one = evaluators.evaluate_beir(dict(spec, languages=["beta"]), encoders, search.exact_search,
+                                 top_k=20)
+  assert one["toy/ndcg@10/mean"] == pytest.approx(want["beta"]["ndcg@10"], abs=1e-6)
+  assert not any(key.endswith("/alpha") for key in one)
 
 
-def test_set_errors_name_the_entry_and_field():
+def test_set_errors_name_the_entry_and_field(tmp_path):
   with pytest.raises(ValueError, match="'xq'.*kind"):
     evaluators.check_set(dict(name="xq", kind="squad", paths=["a"]))
   with pytest.raises(ValueError, match="'xq'.*missing 'paths'"):
     evaluators.check_set(dict(name="xq", kind="lareqa"))
+  # Checked before any text is embedded (in training: before the first step), not at the end.
+  for name in ("en.json", "de.json", "t.deu-eng.deu", "t.deu-eng.eng"):
+    (tmp_path / name).write_text("")
+  (tmp_path / "other").mkdir()
+  (tmp_path / "other" / "de.json").write_text("")
+  lareqa = dict(name="xq", kind="lareqa", paths=[str(tmp_path / "en.json"),
+                                                 str(tmp_path / "de.json")])
+  tatoeba = dict(name="tat", kind="tatoeba", paths=[str(tmp_path / "t.deu-eng")])
+  assert evaluators.set_errors(lareqa) == evaluators.set_errors(tatoeba) == []
+  assert evaluators.set_errors(dict(lareqa, metrics=["ndcg10", "map@20", "mrr@0"])) == [
+      "config.eval.sets entry 'xq': metrics: ['ndcg10', 'mrr@0'] unknown for kind 'lareqa'; "
+      "expected ['map', 'mrr', 'ndcg', 'recall'] followed by @k (k >= 1), e.g. 'ndcg@10'"]
+  assert evaluators.set_errors(dict(tatoeba, metrics=["acc", "map@20"])) == [
+      "config.eval.sets entry 'tat': metrics: ['map@20'] unknown for kind 'tatoeba'; "
+      "expected some of ('acc_x2y', 'acc_y2x', 'acc')"]
+  assert evaluators.set_errors(dict(tatoeba, languages=["de"])) == [
+      "config.eval.sets entry 'tat': languages ['de'] are not in its paths (which give ['deu'])"]
+  twice = dict(lareqa, paths=lareqa["paths"] + [str(tmp_path / "other" / "de.json")])
+  assert evaluators.set_errors(twice) == [
+      "config.eval.sets entry 'xq': paths give language(s) ['de'] more than once; expected one "
+      "path per language (results are keyed by it)"]
+
+
+def test_cli_languages_span_the_flag_sets(tmp_path):
+  """--languages=de,deu with an XQuAD-R set (de, en) and a Tatoeba set (deu): each keeps its own
+  code; a code no set gives is an error naming the flag."""
+  from lair.evaluate import __main__ as evaluate_main  # pylint: disable=g-import-not-at-top
+  for name in ("en.json", "de.json", "t.deu-eng.deu", "t.deu-eng.eng"):
+    (tmp_path / name).write_text("")
+
+  class Flags:
+    lareqa = [str(tmp_path / "en.json"), str(tmp_path / "de.json")]
+    tatoeba = [str(tmp_path / "t.deu-eng")]
+    beir, max_len, max_questions, max_pairs = [], 0, 0, 0
+    languages = ["de", "deu"]
+
+  assert [s["languages"] for s in evaluate_main.flag_sets(Flags)] == [["de"], ["deu"]]
+  Flags.languages = ["en"]
+  assert [s["kind"] for s in evaluate_main.flag_sets(Flags)] == ["lareqa"]
+  Flags.languages = ["en", "fra"]
+  with pytest.raises(ValueError, match=r"--languages: \['fra'\] are in none of the flag sets, "
+                                       r"whose languages are \['de', 'deu', 'en'\]"):
+    evaluate_main.flag_sets(Flags)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -52,12 +52,12 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def flag_sets(fv: flags.FlagValues) -> list:
-  """config.eval.sets entries from --lareqa / --tatoeba / --beir."""
-  common = {}
-  if fv.languages:
-    common["languages"] = list(fv.languages)
-  if fv.max_len:
-    common["max_len"] = fv.max_len
+  """config.eval.sets entries from --lareqa / --tatoeba / --beir.
+
+  --languages spans them: each set keeps the codes its paths give (XQuAD-R's "de", Tatoeba's
+  "deu"), a set with none of them is left out, and a code no set gives is an error.
+  """
+  common = {"max_len": fv.max_len} if fv.max_len else {}
   sets = []
   if fv.lareqa:
     folder = os.path.basename(os.path.dirname(os.path.abspath(fv.lareqa[0])))
@@ -69,7 +69,22 @@ def flag_sets(fv: flags.FlagValues) -> list:
   if fv.beir:
     sets.append(dict(name="beir", kind="beir", paths=list(fv.beir),
                      max_questions=fv.max_questions, **common))
-  return sets
+  if not fv.languages:
+    return sets
+  problems = [e for spec in sets for e in evaluators.set_errors(spec)]
+  if problems:  # Paths that do not parse have no languages to pick from.
+    raise ConfigError("; ".join(problems))
+  given = {id(spec): evaluators.set_languages(spec) for spec in sets}
+  unknown = [c for c in fv.languages if not any(c in codes for codes in given.values())]
+  if unknown:
+    raise ConfigError(f"--languages: {unknown} are in none of the flag sets, whose languages "
+                      f"are {sorted({c for codes in given.values() for c in codes})}")
+  kept = []
+  for spec in sets:
+    wanted = [c for c in fv.languages if c in given[id(spec)]]
+    if wanted:
+      kept.append(dict(spec, languages=wanted))
+  return kept
 
 
 def load_model(fv: flags.FlagValues, config):

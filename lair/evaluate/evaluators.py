@@ -13,7 +13,8 @@ Each entry of `config.eval.sets` is a dict:
                          language or subset; the folder's name names it.
                 langid:  sentences per language: "xxx:PATH" files (one sentence a line) or
                          Tatoeba prefixes "DIR/tatoeba.xxx-eng" (their xxx side).
-  languages   optional list: keep only these language codes (file stems / pair sources).
+  languages   optional list: keep only these language codes (file stems / pair sources / langid
+              languages / BEIR folder names).
   max_questions  optional int (lareqa): keep the first N question ids of the first file, in every
                  language; the pool shrinks to the paragraphs those questions come from (a slice
                  for quick checks). 0: all. For beir: the first N queries that have qrels.
@@ -95,8 +96,55 @@ def set_errors(spec: Mapping) -> list[str]:
         files.append(path)
     except readers.DataError as e:
       return [f"config.eval.sets entry {name!r}: {e}"]
-  return [f"config.eval.sets entry {name!r}: {f}: no such file or folder"
-          for f in files if not os.path.exists(f)]
+  errors = [f"config.eval.sets entry {name!r}: {f}: no such file or folder"
+            for f in files if not os.path.exists(f)]
+  codes = set_languages(spec)
+  twice = sorted({c for c in codes if codes.count(c) > 1})
+  if twice:
+    errors.append(f"config.eval.sets entry {name!r}: paths give language(s) {twice} more than "
+                  f"once; expected one path per language (results are keyed by it)")
+  missing = [c for c in spec.get("languages") or () if c not in codes]
+  if missing:
+    errors.append(f"config.eval.sets entry {name!r}: languages {missing} are not in its paths "
+                  f"(which give {codes})")
+  return errors + metric_errors(spec)
+
+
+def set_languages(spec: Mapping) -> List[str]:
+  """The language codes (groups) a set's paths give, read from their names alone.
+
+  lareqa: each file name's stem; tatoeba: each pair's source language; langid: each path's
+  language; beir: each folder's name. Assumes `paths` parse (set_errors checks that first).
+  """
+  codes = []
+  for path in spec["paths"]:
+    if spec["kind"] == "lareqa":
+      codes.append(os.path.basename(str(path)).split(".")[0])
+    elif spec["kind"] == "tatoeba":
+      codes.append(readers.parse_aligned_spec(path)[0][0])
+    elif spec["kind"] == "langid":
+      codes.append(_langid_source(path)[0])
+    else:
+      codes.append(os.path.basename(os.path.normpath(path)))
+  return codes
+
+
+def metric_errors(spec: Mapping) -> list[str]:
+  """Unknown names in a set's `metrics`: lareqa and beir take ranking metrics ("ndcg@10"),
+  tatoeba and langid their own names (DEFAULT_METRICS)."""
+  names = spec.get("metrics") or []
+  where = f"config.eval.sets entry {spec.get('name', '?')!r}: metrics"
+  if isinstance(names, str):
+    return [f"{where}={names!r}: expected a list of names, e.g. ['{names}']"]
+  if spec["kind"] in ("lareqa", "beir"):
+    bad = [n for n in names if n.partition("@")[0] not in metrics_lib.RANKING_METRICS
+           or not n.partition("@")[2].isdigit() or int(n.partition("@")[2]) == 0]
+    expected = (f"{sorted(metrics_lib.RANKING_METRICS)} followed by @k (k >= 1), "
+                f"e.g. 'ndcg@10'")
+  else:
+    bad = [n for n in names if n not in DEFAULT_METRICS[spec["kind"]]]
+    expected = f"some of {DEFAULT_METRICS[spec['kind']]}"
+  return [f"{where}: {bad} unknown for kind {spec['kind']!r}; expected {expected}"] if bad else []
 
 
 def check_set(spec: Mapping) -> None:
@@ -309,7 +357,10 @@ def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
   """Each folder's queries against its own corpus; groups are the folder names."""
   names = _metric_names(spec)
   per_query, groups = collections.defaultdict(list), []
+  wanted = spec.get("languages")
   for folder in spec["paths"]:
+    if wanted and os.path.basename(os.path.normpath(folder)) not in wanted:
+      continue
     beir = readers.read_beir(folder, split=spec.get("split", "test"), log=readers.SkipLog())
     doc_ids = list(beir.corpus)
     doc_index = {d: i for i, d in enumerate(doc_ids)}
