@@ -248,14 +248,14 @@ def test_export_errors_name_the_missing_file_or_key(tmp_path, unbroken_run):
     export.export(str(workdir), str(tmp_path / "out"), step=40)
 
 
-@pytest.mark.parametrize("stop_at", [23, 25])
 def test_stop_signal_saves_exits_75_and_the_rerun_resumes_exactly(tmp_path, unbroken_run,
-                                                                  cache, stop_at):
-  """SIGTERM when batch stop_at - 1 is asked for, and again while the checkpoint it asked for is
-  being written: that step finishes, its checkpoint is saved whole, the exit code is 75, and the
-  same command resumes from it and ends with the unbroken run's params, bit for bit. Step 25 is
-  an evaluation step (eval_every=25): the stop skips that evaluation, and the resume makes it up
-  with the unbroken run's results."""
+                                                                  cache):
+  """SIGTERM when batch 24 is asked for, and again while the checkpoint it asked for is being
+  written: step 25 (no checkpoint step: checkpoint_every=10) finishes, its checkpoint is saved
+  whole, the exit code is 75, and the same command resumes from it and ends with the unbroken
+  run's params, bit for bit. Step 25 is an evaluation step (eval_every=25): the stop skips that
+  evaluation, and the resume makes it up with the unbroken run's results."""
+  stop_at = 25
   workdir = tmp_path / "stopped"
   command = train_command(workdir, cache)
   command[1:3] = [str(REPO / "tests" / "train_and_signal.py")]
