@@ -68,9 +68,16 @@ class Workdir:
   def path(self, *names: str) -> str:
     return os.path.join(self.root, *names)
 
-  def eval_json(self, step: Optional[int]) -> str:
-    """eval/step_N.json, or eval/eval.json for an evaluation without a step."""
-    return self.path(EVAL, "eval.json" if step is None else f"step_{int(step)}.json")
+  def eval_json(self, step: Optional[int], *, by_command: bool = False) -> str:
+    """eval/step_N.json (the trainer's), eval/evaluate_step_N.json (`python -m lair.evaluate`
+    on the run's checkpoint N), or eval/eval.json for an evaluation without a step.
+
+    lair.evaluate keeps out of the trainer's files: they record which evaluations training did
+    (a resume redoes a missing one) and with which sets.
+    """
+    if step is None:
+      return self.path(EVAL, "eval.json")
+    return self.path(EVAL, f"{'evaluate_' if by_command else ''}step_{int(step)}.json")
 
   def exists(self) -> bool:
     return os.path.isdir(self.root)
@@ -131,8 +138,8 @@ class Workdir:
     path = self.eval_json(step)
     return read_json(path) if os.path.isfile(path) else None
 
-  def write_eval(self, step: Optional[int], results: dict) -> str:
-    path = self.eval_json(step)
+  def write_eval(self, step: Optional[int], results: dict, *, by_command: bool = False) -> str:
+    path = self.eval_json(step, by_command=by_command)
     write_json(path, {"step": step, "metrics": results})
     return path
 

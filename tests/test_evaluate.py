@@ -391,13 +391,15 @@ def test_cli_restores_a_training_run_and_reproduces_its_evaluation(tmp_path):
        "--config.train.checkpoint_every=2", "--config.train.warmup_steps=1"],
       capture_output=True, text=True, env=env, cwd=REPO)
   assert train.returncode == 0, train.stderr[-3000:]
-  during_training = json.loads((tmp_path / "eval" / "step_2.json").read_text())
-  (tmp_path / "eval" / "step_2.json").unlink()
+  trainers = (tmp_path / "eval" / "step_2.json").read_bytes()
+  during_training = json.loads(trainers)
   proc = subprocess.run([sys.executable, "-m", "lair.evaluate", f"--workdir={tmp_path}",
                          "--config.eval.search=exact"],
                         capture_output=True, text=True, env=env, cwd=REPO)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  restored = json.loads((tmp_path / "eval" / "step_2.json").read_text())
+  # Its own file: the trainer's record (which a resume reads) is left as training wrote it.
+  assert (tmp_path / "eval" / "step_2.json").read_bytes() == trainers
+  restored = json.loads((tmp_path / "eval" / "evaluate_step_2.json").read_text())
   assert restored["step"] == 2 and "lareqa/map@20/mean" in restored["metrics"]
   assert restored["metrics"].keys() == during_training["metrics"].keys()
   for key, value in during_training["metrics"].items():

@@ -304,8 +304,8 @@ def test_hf_evaluation_of_a_cls_pooled_linear_head_export_equals_workdir(shared,
     proc = subprocess.run([sys.executable, "-m", "lair.evaluate", *flags, *sets], cwd=REPO,
                           env=_env(shared), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = (workdir / "eval" / "step_4.json") if name == "workdir" else (eval_dir / "eval" /
-                                                                          "eval.json")
+    path = (workdir / "eval" / "evaluate_step_4.json") if name == "workdir" else (
+        eval_dir / "eval" / "eval.json")
     results[name] = json.loads(path.read_text())["metrics"]
   assert results["workdir"].keys() == results["hf"].keys()
   for key, value in results["workdir"].items():

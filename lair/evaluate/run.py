@@ -87,8 +87,8 @@ def run_evaluations(config: ml_collections.ConfigDict, params, rcfg, tokenizer, 
   """Scores `params` on every `config.eval.sets` entry.
 
   Returns flat metrics ("xquad-r/map@20/de", "xquad-r/map@20/mean", ...), prints them as a
-  table and (on process 0, when `workdir` is set) writes them to its eval/step_N.json
-  (eval/eval.json without a step).
+  table and (on process 0, when `workdir` is set: lair.evaluate) writes them to its
+  eval/evaluate_step_N.json (eval/eval.json without a step); the trainer writes its own.
   """
   searcher = make_searcher(config)
   results, stats = {}, {}
@@ -111,5 +111,5 @@ def run_evaluations(config: ml_collections.ConfigDict, params, rcfg, tokenizer, 
     if workdir:
       if not isinstance(workdir, workdir_lib.Workdir):
         workdir = workdir_lib.Workdir(workdir)
-      logging.info("wrote %s", workdir.write_eval(step, results))
+      logging.info("wrote %s", workdir.write_eval(step, results, by_command=True))
   return results
