@@ -226,6 +226,22 @@ def test_a_resume_may_extend_the_run(shared, reference, tmp_path):
   assert checkpoint_lib.Checkpoints(str(workdir / "checkpoints")).latest_step() == STEPS + 4
 
 
+def test_a_resume_below_the_checkpoint_step_is_refused(shared, reference, tmp_path):
+  """train.steps lowered under the newest checkpoint: no step would run and that checkpoint's
+  params would be labelled the final step's; refused, the workdir byte-identical."""
+  workdir = tmp_path / "shortened"
+  shutil.copytree(reference, workdir)
+  before = tree_digest(workdir)
+  proc = train(shared, workdir, f"--config.train.steps={STEPS - 4}", check=False)
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert (f"config.train.steps={STEPS - 4} is below the step of the run's checkpoint "
+          f"{workdir / 'checkpoints'}/{STEPS}") in proc.stderr
+  assert f"--config.train.steps={STEPS} or more" in proc.stderr
+  assert tree_digest(workdir) == before
+  record("resume with train.steps below the checkpoint", "refused, naming both steps",
+         "nothing (workdir byte-identical)")
+
+
 # ------------------------------------------------------------------------------------------------
 # Export.
 # ------------------------------------------------------------------------------------------------

@@ -559,6 +559,13 @@ def train(config, workdir: str, *, batches: Optional[Iterator[dict]] = None) -> 
   last_checkpoint = None
   if restored is not None:
     last_checkpoint, state, data_state = restored
+    if last_checkpoint > config.train.steps:
+      # Else the loop would run no step and label step N's params as the final step's.
+      raise errors.ConfigError(
+          f"config.train.steps={config.train.steps} is below the step of the run's checkpoint "
+          f"{checkpoints.directory}/{last_checkpoint}",
+          hint=f"pass --config.train.steps={last_checkpoint} or more to resume this run, or a "
+          f"new --workdir")
     batches.set_state(data_state)
     print(f"resumed from {checkpoints.directory}/{last_checkpoint}", flush=True)
   if changed_keys and jax.process_index() == 0:
