@@ -56,11 +56,15 @@ def replace_folder(path: str, write: Callable[[str], Any]) -> None:
   """Writes a folder atomically: write(tmp_dir) fills a sibling, which then replaces `path`.
 
   A kill leaves either the old folder or the new one (plus, at worst, a hidden sibling
-  `.NAME.tmp` or `.NAME.old` that the next call removes).
+  `.NAME.tmp` or `.NAME.old` that the next call removes), except between the two renames
+  below: there `path` is missing and the old folder is `.NAME.old`, which the next call puts
+  back before anything else.
   """
   parent, name = os.path.split(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp, old = os.path.join(parent, f".{name}.tmp"), os.path.join(parent, f".{name}.old")
+  if not os.path.exists(path) and os.path.isdir(old):
+    os.rename(old, path)
   for stale in (tmp, old):
     shutil.rmtree(stale, ignore_errors=True)
   os.makedirs(tmp)

@@ -22,6 +22,7 @@ import pytest
 
 import conftest  # pylint: disable=g-bad-import-order  (tests/ is on sys.path)
 from lair import checkpoint as checkpoint_lib
+from lair import files
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "tests" / "tiny_train_config.py")
@@ -240,6 +241,27 @@ def test_a_resume_below_the_checkpoint_step_is_refused(shared, reference, tmp_pa
   assert tree_digest(workdir) == before
   record("resume with train.steps below the checkpoint", "refused, naming both steps",
          "nothing (workdir byte-identical)")
+
+
+def test_a_folder_replacement_killed_between_its_renames_is_put_back(tmp_path):
+  """replace_folder killed after moving the old folder aside and before moving the new one in:
+  the next call restores the old folder first, so a failing rewrite still leaves it whole."""
+  target = tmp_path / "tokenizer"
+  (tmp_path / ".tokenizer.old").mkdir()
+  (tmp_path / ".tokenizer.old" / "vocab.txt").write_text("old\n")
+  (tmp_path / ".tokenizer.tmp").mkdir()  # The complete new one, never renamed in.
+
+  def fail(folder):
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    files.replace_folder(str(target), fail)
+  assert (target / "vocab.txt").read_text() == "old\n"
+  files.replace_folder(str(target), lambda folder: (pathlib.Path(folder) / "vocab.txt")
+                       .write_text("new\n"))
+  assert (target / "vocab.txt").read_text() == "new\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]
+  record("folder swap killed between its renames", "old folder put back on the next write")
 
 
 # ------------------------------------------------------------------------------------------------
