@@ -380,7 +380,7 @@ def test_host_sharded_evaluation_equals_one_process(tmp_path, reference_run):
     print(f"evaluation with {hosts} process(es): {time.time() - started:.1f}s")
     assert [rc for rc, _ in runs] == [0] * hosts, describe(runs)
     outputs[hosts] = [out for _, out in runs]
-    with open(workdir / "eval" / f"step_{STEPS}.json", encoding="utf-8") as f:
+    with open(workdir / "eval" / f"evaluate_step_{STEPS}.json", encoding="utf-8") as f:
       results[hosts] = json.load(f)["metrics"]
   assert results[1].keys() == results[2].keys() and len(results[1]) > 20
   for key, value in results[1].items():
