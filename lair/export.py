@@ -11,7 +11,7 @@ key of it can be overridden with --config.KEY=VALUE (e.g. --config.model.query_p
 
 A non-empty --out is refused unless --overwrite (which replaces it whole, and only a model
 folder: one with a config.json); so is an --out that is the run directory, inside it (other
-than WORKDIR/hf) or a folder that holds it.
+than WORKDIR/hf), a folder that holds it, or another training run.
 """
 import pathlib
 from typing import Optional
@@ -40,6 +40,9 @@ def export(workdir: str, out: str, step=None, *, prompts: Optional[dict] = None,
   if run.inside(out):
     raise ConfigError(f"--out={out} holds the run {run.root}, which replacing it would delete",
                       hint=f"export to {run.hf_dir} or a folder outside the run")
+  if workdir_lib.Workdir(out).is_run():
+    raise ConfigError(f"--out={out} is another lair training run (it has model.json), which "
+                      f"replacing it would delete", hint="export to OUT/hf or a new folder")
   rcfg, tokenizer = run.read_model()
   if tokenizer is None:
     raise FileNotFoundError(f"--workdir={workdir}: no tokenizer/ folder; export needs the "
@@ -69,8 +72,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 def main(argv) -> None:
   workdir = configs.flag_value(argv, "workdir")
-  default = (configs.saved_config_file(workdir_lib.Workdir(workdir).config_json) if workdir
-             else configs.__file__)
+  default = (configs.saved_config_file(workdir_lib.Workdir(workdir).config_json)
+             if workdir and configs.flag_value(argv, "config") is None else configs.__file__)
   config, fv = configs.parse_command_line(argv, define_flags, default_config_file=default)
   if not fv.workdir or not fv.out:
     raise ConfigError("--workdir=RUN_DIR and --out=DIR are required")

@@ -249,7 +249,7 @@ def define_model_flags(fv: flags.FlagValues, *, required: bool = True) -> None:
 def default_config_file(argv: Sequence[str]) -> str:
   """--config's default: the --workdir run's saved config.json, else lair's defaults."""
   workdir, hf_dir = configs.flag_value(argv, "workdir"), configs.flag_value(argv, "hf")
-  if workdir and not hf_dir:
+  if workdir and not hf_dir and configs.flag_value(argv, "config") is None:
     return configs.saved_config_file(workdir_lib.Workdir(workdir).config_json)
   return configs.__file__
 

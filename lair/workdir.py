@@ -8,6 +8,7 @@ A `python -m lair.train` workdir holds:
     checkpoints/N/       orbax checkpoints: params, train (step, optimiser, rng), data position
     best/N/  best.json   with eval.select_best: the params of the best evaluation, and its step/value
     eval/step_N.json     evaluation results, flat keys ("xquad-r/map@20/de")
+    eval/evaluate_step_N.json  python -m lair.evaluate --workdir's results for checkpoint N
     metrics.jsonl        one row per logged step and per evaluation
     tensorboard/         the same scalars for TensorBoard
     data/                array_record caches of the input pipeline (unless data.cache_dir)

@@ -299,16 +299,19 @@ def test_export_refuses_a_non_empty_folder_and_replaces_it_whole_with_overwrite(
 @pytest.mark.parametrize("target, says", [("run", "is inside the run"),
                                           ("run/checkpoints", "is inside the run"),
                                           ("run/config.json", "is inside the run"),
-                                          (".", "holds the run")])
+                                          (".", "holds the run"),
+                                          ("other", "is another lair training run")])
 def test_export_refuses_the_runs_own_files(shared, reference, tmp_path, target, says):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
+  shutil.copytree(reference, tmp_path / "other")
   (tmp_path / "config.json").write_text("{}\n")  # So only the run check can refuse ".".
   before = tree_digest(tmp_path)
   proc = _export(shared, f"--workdir={workdir}", f"--out={tmp_path / target}", "--overwrite")
   assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
   assert tree_digest(tmp_path) == before
-  where = "the folder holding WORKDIR" if target == "." else target.replace("run", "WORKDIR", 1)
+  where = {".": "the folder holding WORKDIR", "other": "another run"}.get(
+      target, target.replace("run", "WORKDIR", 1))
   record(f"export --out={where}", "refused even with --overwrite",
          "nothing (folder byte-identical)")
 

@@ -1,7 +1,8 @@
 r"""`python -m lair.evaluate`: scores a retriever on evaluation sets (table on stdout, JSON file).
 
 A training run, restored from its latest checkpoint (or --step=N | best), with the run's config
-(WORKDIR/config.json, or --config) and its eval.sets; results in WORKDIR/eval/step_N.json:
+(WORKDIR/config.json, or --config) and its eval.sets; results in WORKDIR/eval/evaluate_step_N.json
+(the trainer's eval/step_N.json is left as it is):
 
   python -m lair.evaluate --workdir=RUN_DIR [--config=configs/x.py] [--step=N]
 
