@@ -21,6 +21,7 @@ from absl import flags
 from lair import checkpoint
 from lair import cli
 from lair import configs
+from lair import inference
 from lair import sharding
 from lair import workdir as workdir_lib
 from lair.errors import ConfigError
@@ -71,10 +72,8 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def main(argv) -> None:
-  workdir = configs.flag_value(argv, "workdir")
-  default = (configs.saved_config_file(workdir_lib.Workdir(workdir).config_json)
-             if workdir and configs.flag_value(argv, "config") is None else configs.__file__)
-  config, fv = configs.parse_command_line(argv, define_flags, default_config_file=default)
+  config, fv = configs.parse_command_line(
+      argv, define_flags, default_config_file=inference.default_config_file(argv))
   if not fv.workdir or not fv.out:
     raise ConfigError("--workdir=RUN_DIR and --out=DIR are required")
   # Under a cluster every process runs launch/run.sh, so every process gets here: process 0

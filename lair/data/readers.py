@@ -368,6 +368,11 @@ def _pool_sentences(paragraph: dict, context: str,
   return [clean_text(t) for t in texts]
 
 
+def lareqa_language(path) -> str:
+  """A LAReQA file's language: its name's stem ("xquad-r/de.json" -> "de")."""
+  return os.path.basename(str(path)).split(".")[0]
+
+
 def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
   """Reads one XQuAD-R / LAReQA language file (SQuAD JSON with `sentence_breaks`).
 
@@ -377,7 +382,7 @@ def read_lareqa(path, *, log: SkipLog | None = None) -> LareqaSet:
   answer_start.
   """
   log = _log_or_default(log)
-  result = LareqaSet(language=os.path.basename(str(path)).split(".")[0],
+  result = LareqaSet(language=lareqa_language(path),
                      question_ids=[], questions=[], answer=[], sentences=[],
                      sentence_context=[], contexts=[])
   first_sentence = {}  # paragraph_index -> index of its first sentence in the pool

@@ -119,13 +119,13 @@ def set_languages(spec: Mapping) -> List[str]:
   codes = []
   for path in spec["paths"]:
     if spec["kind"] == "lareqa":
-      codes.append(os.path.basename(str(path)).split(".")[0])
+      codes.append(readers.lareqa_language(path))
     elif spec["kind"] == "tatoeba":
       codes.append(readers.parse_aligned_spec(path)[0][0])
     elif spec["kind"] == "langid":
       codes.append(_langid_source(path)[0])
     else:
-      codes.append(os.path.basename(os.path.normpath(path)))
+      codes.append(beir_group(path))
   return codes
 
 
@@ -352,6 +352,11 @@ def evaluate_tatoeba(spec: Mapping, encoders: Encoders, searcher: Searcher,
 # BEIR.
 
 
+def beir_group(folder: str) -> str:
+  """A BEIR folder's group (its metrics' language/subset key, and its `languages` code)."""
+  return os.path.basename(os.path.normpath(folder))
+
+
 def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
                   top_k: int) -> Dict[str, float]:
   """Each folder's queries against its own corpus; groups are the folder names."""
@@ -359,7 +364,7 @@ def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
   per_query, groups = collections.defaultdict(list), []
   wanted = spec.get("languages")
   for folder in spec["paths"]:
-    if wanted and os.path.basename(os.path.normpath(folder)) not in wanted:
+    if wanted and beir_group(folder) not in wanted:
       continue
     beir = readers.read_beir(folder, split=spec.get("split", "test"), log=readers.SkipLog())
     doc_ids = list(beir.corpus)
@@ -373,7 +378,7 @@ def evaluate_beir(spec: Mapping, encoders: Encoders, searcher: Searcher,
     ranked = _ranked(searcher, q, db, _depth(names, top_k))
     for metric, values in metrics_lib.ranking_metrics(ranked, qrels, names).items():
       per_query[metric].append(values)
-    groups += [os.path.basename(os.path.normpath(folder))] * len(query_ids)
+    groups += [beir_group(folder)] * len(query_ids)
   return _grouped_means({m: np.concatenate(v) for m, v in per_query.items()}, groups,
                         spec["name"])
 
